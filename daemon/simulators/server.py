@@ -1,0 +1,416 @@
+"""The HTTP plumbing both simulators share: routing, fault injection, request log.
+
+Each simulator is a real HTTP/1.1 server on loopback (stdlib ``ThreadingHTTPServer``,
+chosen over an ASGI stack because fault injection needs the raw socket: closing a
+connection before or after acting, or sending half a body). Handlers run one at a
+time under the simulator's lock, so simulated state needs no further locking.
+
+Every simulator also serves a control surface under ``/_sim/`` (faults, request
+log, clock); the same operations are methods on the Python object.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import socket
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from email.message import Message
+from email.utils import formatdate
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from daemon.simulators.clock import SimClock
+from daemon.simulators.faults import Fault, FaultPlan
+
+log = logging.getLogger("daemon.simulators")
+
+CONTROL_PREFIX = "/_sim/"
+
+
+class BadRequest(Exception):
+    """Raised by handlers to answer with the service's error shape."""
+
+    def __init__(self, status: int, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.extra = extra
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    raw_query: str
+    query: dict[str, str]
+    headers: Message
+    body: bytes
+    client: str
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name)
+
+    def json(self) -> Any:
+        if not self.body.strip():
+            raise BadRequest(400, "Message body cannot be empty")
+        try:
+            return json.loads(self.body)
+        except ValueError as exc:
+            raise BadRequest(400, f"Invalid JSON body: {exc}") from exc
+
+
+@dataclass
+class Response:
+    status: int
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def json(cls, status: int, obj: Any, headers: Mapping[str, str] | None = None) -> Response:
+        hdrs = {"Content-Type": "application/json; charset=utf-8"}
+        hdrs.update(headers or {})
+        return cls(status, json.dumps(obj).encode(), hdrs)
+
+    @classmethod
+    def empty(cls, status: int = 204) -> Response:
+        return cls(status, b"", {})
+
+
+Handler = Callable[[Request, "re.Match[str]"], Response]
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    at: datetime
+    method: str
+    path: str
+    query: str
+    route: str
+    status: int | None  # None when the connection was dropped
+    fault: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "at": self.at.isoformat(),
+            "method": self.method,
+            "path": self.path,
+            "query": self.query,
+            "route": self.route,
+            "status": self.status,
+            "fault": self.fault,
+        }
+
+
+@dataclass
+class _Route:
+    method: str
+    rx: re.Pattern[str]
+    name: str
+    handler: Handler
+    control: bool
+
+
+class _Drop(Exception):
+    """Internal: close the connection without an answer."""
+
+
+class SimServer:
+    """Base class: subclasses register routes and implement ``error_response``."""
+
+    name = "sim"
+
+    def __init__(self, clock: SimClock | None = None, *, log_requests: bool = False) -> None:
+        self.clock = clock or SimClock()
+        self.faults = FaultPlan()
+        self.lock = threading.RLock()
+        self.log_requests = log_requests
+        self._routes: list[_Route] = []
+        self._records: list[RequestRecord] = []
+        self._records_lock = threading.Lock()
+        self._httpd: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self._add_control_routes()
+
+    # ----- routing -------------------------------------------------------------------
+    def add_route(
+        self, method: str, pattern: str, handler: Handler, name: str, *, control: bool = False
+    ) -> None:
+        self._routes.append(
+            _Route(
+                method.upper(), re.compile(pattern + r"\Z", re.IGNORECASE), name, handler, control
+            )
+        )
+
+    def error_response(self, status: int, message: str, **extra: Any) -> Response:
+        """The service's own error body; subclasses override."""
+        return Response.json(status, {"error": message, **extra})
+
+    # ----- lifecycle -----------------------------------------------------------------
+    def start(self, host: str = "127.0.0.1", port: int = 0) -> SimServer:
+        server = self
+
+        class _Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def setup(self) -> None:
+                super().setup()
+                # Headers and body leave in two writes; without TCP_NODELAY, Nagle and
+                # delayed ACKs add ~40 ms to every request on a kept-alive connection.
+                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return
+
+            def date_time_string(self, timestamp: float | None = None) -> str:
+                # The Date header follows the simulated clock: the daemon takes its poll
+                # cursor from server values, so they must agree with LastModDateTime.
+                return formatdate(server.clock.now().timestamp(), usegmt=True)
+
+            def _serve(self) -> None:
+                server._dispatch(self)
+
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _serve
+
+        self._httpd = ThreadingHTTPServer((host, port), _Handler)
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"{self.name}-http",
+            daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def __enter__(self) -> SimServer:
+        if self._httpd is None:
+            self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        if self._httpd is None:
+            raise RuntimeError(f"{self.name} simulator is not running")
+        return int(self._httpd.server_address[1])
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    # ----- request log ---------------------------------------------------------------
+    def requests(self, route: str | None = None) -> list[RequestRecord]:
+        with self._records_lock:
+            return [r for r in self._records if route is None or r.route == route]
+
+    def request_counts(self) -> dict[str, int]:
+        with self._records_lock:
+            return dict(Counter(r.route for r in self._records))
+
+    def clear_requests(self) -> None:
+        with self._records_lock:
+            self._records.clear()
+
+    # ----- dispatch ------------------------------------------------------------------
+    def _dispatch(self, h: BaseHTTPRequestHandler) -> None:
+        parts = urlsplit(h.path)
+        path = unquote(parts.path)
+        length = int(h.headers.get("Content-Length") or 0)
+        body = h.rfile.read(length) if length else b""
+        req = Request(
+            method=h.command.upper(),
+            path=path,
+            raw_query=parts.query,
+            query=dict(parse_qsl(parts.query, keep_blank_values=True)),
+            headers=h.headers,
+            body=body,
+            client=h.client_address[0],
+        )
+        route, match = self._match(req)
+        control = route is not None and route.control
+        fault = None if control else self.faults.take(req.method, path)
+        resp: Response | None = None
+        try:
+            resp = self._respond(req, route, match, fault)
+        except _Drop:
+            pass
+        # Logged before answering, so whoever got the answer also finds it in the log.
+        if not control:
+            self._log_request(req, parts.query, route, resp.status if resp else None, fault)
+        if resp is None:
+            h.close_connection = True
+            try:
+                h.connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            return
+        try:
+            self._write(h, resp, fault)
+        except (BrokenPipeError, ConnectionResetError):
+            h.close_connection = True
+
+    def _log_request(
+        self,
+        req: Request,
+        query: str,
+        route: _Route | None,
+        status: int | None,
+        fault: Fault | None,
+    ) -> None:
+        record = RequestRecord(
+            at=self.clock.now(),
+            method=req.method,
+            path=req.path,
+            query=query,
+            route=route.name if route else "unknown",
+            status=status,
+            fault=fault.kind if fault else None,
+        )
+        with self._records_lock:
+            self._records.append(record)
+        if self.log_requests:
+            log.info(
+                "%s %s %s%s -> %s%s",
+                self.name,
+                req.method,
+                req.path,
+                ("?" + query) if query else "",
+                status if status is not None else "dropped",
+                f" (fault {fault.kind})" if fault else "",
+            )
+
+    def _match(self, req: Request) -> tuple[_Route | None, re.Match[str] | None]:
+        path_matched = False
+        for route in self._routes:
+            m = route.rx.match(req.path)
+            if m is None:
+                continue
+            path_matched = True
+            if route.method == req.method:
+                return route, m
+        if path_matched:
+            return None, None
+        return None, None
+
+    def _respond(
+        self,
+        req: Request,
+        route: _Route | None,
+        match: re.Match[str] | None,
+        fault: Fault | None,
+    ) -> Response:
+        if fault is not None:
+            if fault.kind == "latency":
+                time.sleep(fault.delay)
+            elif fault.kind == "timeout":
+                time.sleep(fault.delay or 60.0)
+                raise _Drop()
+            elif fault.kind == "drop_before":
+                raise _Drop()
+            elif fault.kind == "status":
+                extra_headers = {}
+                if fault.retry_after is not None:
+                    extra_headers["Retry-After"] = str(int(fault.retry_after))
+                resp = self.error_response(fault.status, f"simulated fault {fault.status}")
+                resp.headers.update(extra_headers)
+                return resp
+        if route is None or match is None:
+            return self.error_response(404, f"No route for {req.method} {req.path}")
+        with self.lock:
+            try:
+                resp = route.handler(req, match)
+            except BadRequest as exc:
+                resp = self.error_response(exc.status, exc.message, **exc.extra)
+        if fault is not None and fault.kind == "drop_after":
+            raise _Drop()
+        return resp
+
+    def _write(self, h: BaseHTTPRequestHandler, resp: Response, fault: Fault | None) -> None:
+        body = resp.body
+        if fault is not None and fault.kind == "malformed":
+            body = b"<html><body>502 Bad Gateway</body></html>"
+            resp = Response(200, body, {"Content-Type": "application/json"})
+        elif fault is not None and fault.kind == "truncated":
+            body = body[: max(1, len(body) // 2)]
+        h.send_response(resp.status)
+        for k, v in resp.headers.items():
+            h.send_header(k, v)
+        h.send_header("Content-Length", str(len(body)))
+        h.end_headers()
+        if body and h.command != "HEAD":
+            h.wfile.write(body)
+
+    # ----- control surface -----------------------------------------------------------
+    def _add_control_routes(self) -> None:
+        p = CONTROL_PREFIX
+        self.add_route("GET", p + "faults", self._ctl_faults_get, "sim.faults", control=True)
+        self.add_route("POST", p + "faults", self._ctl_faults_post, "sim.faults", control=True)
+        self.add_route("DELETE", p + "faults", self._ctl_faults_delete, "sim.faults", control=True)
+        self.add_route("GET", p + "requests", self._ctl_requests_get, "sim.requests", control=True)
+        self.add_route(
+            "DELETE", p + "requests", self._ctl_requests_delete, "sim.requests", control=True
+        )
+        self.add_route("GET", p + "clock", self._ctl_clock_get, "sim.clock", control=True)
+        self.add_route("POST", p + "clock", self._ctl_clock_post, "sim.clock", control=True)
+
+    def _ctl_faults_get(self, req: Request, m: re.Match[str]) -> Response:
+        return Response.json(200, [f.as_dict() for f in self.faults.pending()])
+
+    def _ctl_faults_post(self, req: Request, m: re.Match[str]) -> Response:
+        spec = req.json()
+        try:
+            fault = self.faults.add(Fault(**spec))
+        except (TypeError, ValueError) as exc:
+            raise BadRequest(400, f"bad fault: {exc}") from exc
+        return Response.json(201, fault.as_dict())
+
+    def _ctl_faults_delete(self, req: Request, m: re.Match[str]) -> Response:
+        self.faults.clear()
+        return Response.empty(204)
+
+    def _ctl_requests_get(self, req: Request, m: re.Match[str]) -> Response:
+        return Response.json(
+            200,
+            {
+                "counts": self.request_counts(),
+                "requests": [r.as_dict() for r in self.requests(req.query.get("route"))],
+            },
+        )
+
+    def _ctl_requests_delete(self, req: Request, m: re.Match[str]) -> Response:
+        self.clear_requests()
+        return Response.empty(204)
+
+    def _ctl_clock_get(self, req: Request, m: re.Match[str]) -> Response:
+        return Response.json(
+            200, {"now": self.clock.now().isoformat(), "frozen": self.clock.frozen}
+        )
+
+    def _ctl_clock_post(self, req: Request, m: re.Match[str]) -> Response:
+        spec = req.json()
+        if "advance" in spec:
+            self.clock.advance(float(spec["advance"]))
+        if "set" in spec:
+            self.clock.set(datetime.fromisoformat(str(spec["set"]).replace("Z", "+00:00")))
+        if "frozen" in spec:
+            self.clock.freeze(bool(spec["frozen"]))
+        return self._ctl_clock_get(req, m)
