@@ -1,0 +1,261 @@
+"""The ``ivanti-xmatters`` command (also ``python -m daemon``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+from daemon.config import EX_CONFIG, ConfigError, Settings, load_settings
+from daemon.logs import setup_logging
+
+if TYPE_CHECKING:
+    from daemon.service import CycleReport
+
+DESCRIPTION = """\
+Pull-based bridge from Ivanti Service Manager to xMatters.
+
+Polls Ivanti's OData incident feed for changes, detects the eight use cases of
+the original xMatters integration (New Incident, Reassigned, Reopened, Priority
+Upgrade, Priority Downgrade, Resolved, Closed, Canceled), creates or terminates
+xMatters events accordingly, and writes xMatters responses, comments and
+delivery status back to the incident as notes.
+
+Configuration comes from the environment and ./.env (see .env.example); a bad
+setting stops start-up with one line naming it (exit code 78).
+"""
+
+EPILOG = """\
+first steps:
+  ivanti-xmatters demo              run everything against built-in simulators (no config)
+  ivanti-xmatters check             validate the config and call both APIs
+  ivanti-xmatters once --dry-run    poll and print what would be sent, send nothing
+  ivanti-xmatters run               the service (what systemd starts)
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ivanti-xmatters",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--env-file", help="read settings from this file instead of ./.env")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the daemon (poll, deliver, write back) until stopped")
+    run.add_argument(
+        "--dry-run", action="store_true", help="poll and diff on schedule, send and write nothing"
+    )
+
+    once = sub.add_parser(
+        "once", help="one full cycle (poll, deliver, write back); non-zero exit on failure"
+    )
+    once.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="poll and diff, print the transitions and actions that would be sent; "
+        "send nothing and write nothing (the state DB is left unchanged)",
+    )
+    once.add_argument("--json", action="store_true", help="print the cycle report as JSON")
+
+    demo = sub.add_parser(
+        "demo",
+        help="start both simulators and walk a scripted scenario through all eight transitions",
+    )
+    demo.add_argument("--json", action="store_true", help="print the timeline as JSON lines")
+    demo.add_argument("--keep-db", metavar="PATH", help="write the demo's state DB here to inspect")
+
+    sim = sub.add_parser(
+        "simulate",
+        help="run the Ivanti and xMatters simulators standalone (for trying the product)",
+    )
+    sim.add_argument("--ivanti-port", type=int, default=8081, help="default 8081")
+    sim.add_argument("--xmatters-port", type=int, default=8082, help="default 8082")
+    sim.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    sim.add_argument("--no-quirks", action="store_true", help="standard OData, no Ivanti quirks")
+    sim.add_argument(
+        "--no-flood-control", action="store_true", help="disable xMatters alert flood control"
+    )
+    sim.add_argument("--seed", type=int, default=0, help="create N sample incidents at start")
+
+    db = sub.add_parser("db", help="state DB migrations")
+    dbsub = db.add_subparsers(dest="db_command", metavar="ACTION")
+    dbsub.add_parser("upgrade", help="apply pending migrations (the daemon also does it at start)")
+    dbsub.add_parser("current", help="show the DB's revision and the newest one")
+
+    try:
+        from daemon import ops
+    except ImportError:  # pragma: no cover - ops commands ship with the package
+        ops = None  # type: ignore[assignment]
+    if ops is not None:
+        ops.add_commands(sub)
+    return p
+
+
+def load(args: argparse.Namespace, *, require_targets: bool = True) -> Settings:
+    return load_settings(env_file=args.env_file, require_targets=require_targets)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return _dispatch(args)
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    cmd = args.command
+    if cmd == "demo":
+        from daemon.demo import run_demo
+
+        return run_demo(as_json=args.json, keep_db=args.keep_db)
+    if cmd == "simulate":
+        from daemon.simulators.standalone import run_simulators
+
+        setup_logging("INFO")
+        return run_simulators(
+            host=args.host,
+            ivanti_port=args.ivanti_port,
+            xmatters_port=args.xmatters_port,
+            quirks=not args.no_quirks,
+            flood_control=not args.no_flood_control,
+            seed=args.seed,
+        )
+    if cmd == "db":
+        return _db(args)
+    if cmd in ("run", "once"):
+        settings = load(args)
+        setup_logging(settings.ops.log_level)
+        if cmd == "run":
+            return _run(settings, dry_run=args.dry_run)
+        return _once(settings, dry_run=args.dry_run, as_json=args.json)
+    from daemon import ops
+
+    return ops.dispatch(args)
+
+
+def _db(args: argparse.Namespace) -> int:
+    from daemon.store import current_revision, head_revision, make_engine, upgrade
+
+    settings = load(args, require_targets=False)
+    engine = make_engine(settings.state_db_url)
+    if args.db_command == "upgrade":
+        before = current_revision(engine)
+        upgrade(engine)
+        print(
+            f"state DB {settings.state_db_url}: {before or 'empty'} -> {current_revision(engine)}"
+        )
+        return 0
+    if args.db_command == "current":
+        cur, head = current_revision(engine), head_revision()
+        state = "up to date" if cur == head else "needs `ivanti-xmatters db upgrade`"
+        print(
+            f"state DB {settings.state_db_url}: revision {cur or 'none'} (newest {head}; {state})"
+        )
+        return 0
+    print("usage: ivanti-xmatters db {upgrade,current}", file=sys.stderr)
+    return 2
+
+
+def _once(settings: Settings, *, dry_run: bool, as_json: bool) -> int:
+    from daemon.service import Service
+
+    service = Service(settings)
+    try:
+        report = service.cycle(dry_run=dry_run)
+    finally:
+        service.close()
+    if as_json:
+        print(json.dumps(_report_dict(report, dry_run), indent=2))
+    else:
+        _print_report(report, dry_run)
+    return 0 if report.ok else 1
+
+
+def _report_dict(report: CycleReport, dry_run: bool) -> dict[str, Any]:
+    poll = report.poll
+    return {
+        "ok": report.ok,
+        "dry_run": dry_run,
+        "error": report.error,
+        "poll": poll.summary() if poll else None,
+        "transitions": [
+            {"kind": t.kind.value, "rec_id": t.rec_id, "reason": t.reason}
+            for t in (poll.transitions if poll else [])
+        ],
+        "actions": [
+            {
+                "kind": a.kind.value,
+                "rec_id": a.rec_id,
+                "payload": dict(a.payload),
+                "reason": a.reason,
+            }
+            for a in (poll.actions if poll else [])
+        ],
+        "delivered": len(report.delivery.done),
+        "retrying": len(report.delivery.retried),
+        "dead": len(report.delivery.dead),
+        "writeback_notes": report.writeback.notes if report.writeback else 0,
+    }
+
+
+def _print_report(report: CycleReport, dry_run: bool) -> None:
+    d = _report_dict(report, dry_run)
+    poll = d["poll"] or {}
+    head = "dry run (nothing sent, nothing written)" if dry_run else "cycle"
+    print(
+        f"{head}: {poll.get('kind', 'poll')} read {poll.get('rows', 0)} rows in "
+        f"{poll.get('requests', 0)} requests, {poll.get('changes', 0)} changes, "
+        f"{poll.get('transitions', 0)} transitions"
+    )
+    for t in d["transitions"]:
+        print(f"  transition {t['kind']:<18} {t['rec_id']}  {t['reason']}")
+    for a in d["actions"]:
+        verb = "would send" if dry_run else "queued"
+        print(
+            f"  {verb} {a['kind']:<9} {a['rec_id']}  {json.dumps(a['payload'].get('workflow', a['payload']))}"
+        )
+    if not dry_run:
+        print(
+            f"delivered {d['delivered']}, retrying {d['retrying']}, dead {d['dead']}, "
+            f"write-back notes queued {d['writeback_notes']}"
+        )
+    if d["error"]:
+        print(f"FAILED: {d['error']}", file=sys.stderr)
+
+
+def _run(settings: Settings, *, dry_run: bool) -> int:
+    from daemon.service import Service
+
+    stop = threading.Event()
+
+    def _stop(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    service = Service(settings, dry_run=dry_run)
+    try:
+        service.run(stop)
+    finally:
+        service.close()
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,224 @@
+"""The state DB schema (SQLAlchemy 2 declarative models).
+
+Every change here needs an alembic revision in ``migrations/versions``; the
+daemon applies pending revisions at start. People read this DB with sqlite3 to
+learn why someone was, or was not, paged, so column names say what they hold.
+Times are UTC; see ``UTCDateTime``.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Stores naive UTC (``YYYY-MM-DD HH:MM:SS.ffffff`` in SQLite, sortable as text)
+    and hands back timezone-aware UTC datetimes."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class PollState(Base):
+    """Named cursor values: ``watermark`` (server time the next poll starts from),
+    ``baseline_done``, ``last_reconcile``, ``last_poll_ok``…"""
+
+    __tablename__ = "poll_state"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class Incident(Base):
+    """The last snapshot of each incident in scope, and whether it is paging."""
+
+    __tablename__ = "incidents"
+    rec_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    incident_number: Mapped[int] = mapped_column(Integer, index=True)
+    status: Mapped[str] = mapped_column(String(100))
+    status_class: Mapped[str] = mapped_column(String(16))
+    priority: Mapped[str] = mapped_column(String(16))
+    critical: Mapped[bool] = mapped_column(Boolean)
+    owner: Mapped[str] = mapped_column(String(100))
+    owner_team: Mapped[str] = mapped_column(String(200), index=True)
+    last_mod: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    last_mod_by: Mapped[str] = mapped_column(String(100))
+    snapshot: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # True from the moment a page is planned until a terminate is planned: the
+    # incident has (or will have) live xMatters events made by this daemon.
+    alerting: Mapped[bool] = mapped_column(Boolean, default=False)
+    baseline: Mapped[bool] = mapped_column(Boolean, default=False)
+    deleted: Mapped[bool] = mapped_column(Boolean, default=False)
+    # LastModDateTime Ivanti gave the daemon's own last write-back, so the change
+    # it causes is recognised (and explained) as the daemon's own.
+    own_write_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    first_seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class Cycle(Base):
+    """One row per poll / reconcile / write-back cycle."""
+
+    __tablename__ = "cycles"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(16), index=True)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    ok: Mapped[bool | None] = mapped_column(Boolean)
+    rows_read: Mapped[int] = mapped_column(Integer, default=0)
+    changes: Mapped[int] = mapped_column(Integer, default=0)
+    transitions: Mapped[int] = mapped_column(Integer, default=0)
+    actions: Mapped[int] = mapped_column(Integer, default=0)
+    requests: Mapped[int] = mapped_column(Integer, default=0)
+    rejected: Mapped[int] = mapped_column(Integer, default=0)
+    watermark_before: Mapped[str | None] = mapped_column(String(40))
+    watermark_after: Mapped[str | None] = mapped_column(String(40))
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class Change(Base):
+    """Every change seen on an incident, with the transition that fired or why none did."""
+
+    __tablename__ = "changes"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    cycle_id: Mapped[int | None] = mapped_column(ForeignKey("cycles.id"))
+    rec_id: Mapped[str] = mapped_column(String(32), index=True)
+    incident_number: Mapped[int] = mapped_column(Integer, index=True)
+    seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_mod: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_mod_by: Mapped[str] = mapped_column(String(100))
+    prev_status: Mapped[str | None] = mapped_column(String(100))
+    status: Mapped[str] = mapped_column(String(100))
+    prev_priority: Mapped[str | None] = mapped_column(String(16))
+    priority: Mapped[str] = mapped_column(String(16))
+    prev_owner_team: Mapped[str | None] = mapped_column(String(200))
+    owner_team: Mapped[str] = mapped_column(String(200))
+    prev_owner: Mapped[str | None] = mapped_column(String(100))
+    owner: Mapped[str] = mapped_column(String(100))
+    transition: Mapped[str | None] = mapped_column(String(32), index=True)
+    reason: Mapped[str] = mapped_column(Text)
+    source: Mapped[str] = mapped_column(String(16), default="poll")  # poll|reconcile|baseline
+
+
+class OutboxAction(Base):
+    """An action to carry out on xMatters or Ivanti, delivered in order per incident.
+
+    state: pending -> done | dead (kept for inspection and replay) | skipped (by a person).
+    """
+
+    __tablename__ = "outbox"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    rec_id: Mapped[str] = mapped_column(String(32), index=True)
+    incident_number: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(16))  # page|terminate|note
+    change_id: Mapped[int | None] = mapped_column(ForeignKey("changes.id"))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    reason: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    done_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    recipient: Mapped[str | None] = mapped_column(String(200))
+    request_id: Mapped[str | None] = mapped_column(String(64))
+    outcome: Mapped[str | None] = mapped_column(Text)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    # Unique key for actions born from an xMatters audit record, so a record
+    # read twice never becomes two notes.
+    dedupe_key: Mapped[str | None] = mapped_column(String(128), unique=True)
+
+    __table_args__ = (Index("ix_outbox_state_due", "state", "next_attempt_at"),)
+
+
+class Attempt(Base):
+    """Each delivery attempt. A row with no ``finished_at`` was cut short (crash):
+    its outcome is unknown, and the deliverer checks the peer before re-sending."""
+
+    __tablename__ = "attempts"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    outbox_id: Mapped[int] = mapped_column(ForeignKey("outbox.id"), index=True)
+    number: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    outcome: Mapped[str | None] = mapped_column(String(16))  # ok|retry|unknown|dead|found
+    http_status: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class XmEvent(Base):
+    """xMatters events made for an incident (the incident -> events map)."""
+
+    __tablename__ = "xm_events"
+    event_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    rec_id: Mapped[str] = mapped_column(String(32), index=True)
+    outbox_id: Mapped[int | None] = mapped_column(ForeignKey("outbox.id"))
+    request_id: Mapped[str | None] = mapped_column(String(64))
+    number: Mapped[str | None] = mapped_column(String(32))  # xMatters numeric eventId
+    status: Mapped[str] = mapped_column(String(16))  # ACTIVE|SUSPENDED|TERMINATED
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    terminated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_polled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_activity_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    polls: Mapped[int] = mapped_column(Integer, default=0)
+    delivered: Mapped[int] = mapped_column(Integer, default=0)
+    failed: Mapped[int] = mapped_column(Integer, default=0)
+    responded: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class AuditSeen(Base):
+    """Each xMatters audit record handled, so nothing is written back twice."""
+
+    __tablename__ = "audits_seen"
+    audit_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(64), index=True)
+    rec_id: Mapped[str] = mapped_column(String(32), index=True)
+    type: Mapped[str] = mapped_column(String(32))
+    at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    handled_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    summary: Mapped[str] = mapped_column(Text)
+    outbox_id: Mapped[int | None] = mapped_column(ForeignKey("outbox.id"))
+
+
+class Rejected(Base):
+    """Malformed records from Ivanti, kept for inspection; the daemon skips them and goes on."""
+
+    __tablename__ = "rejected_records"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    cycle_id: Mapped[int | None] = mapped_column(ForeignKey("cycles.id"))
+    seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    rec_id: Mapped[str | None] = mapped_column(String(64))
+    problem: Mapped[str] = mapped_column(Text)
+    raw: Mapped[str] = mapped_column(Text)

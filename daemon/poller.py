@@ -1,0 +1,517 @@
+"""Polling Ivanti: incremental keyset reads, the reconcile sweep, and the diff.
+
+Reading changes (``Poller.poll``)
+    ``LastModDateTime ge <watermark>`` ordered by ``LastModDateTime asc, RecId asc``,
+    ``$top`` = page size. After a full page the next query starts at the last
+    row's second (``ge``), re-reading that second's rows, which are skipped as
+    already seen (by RecId and LastModDateTime). When a whole page falls inside one
+    second (more than a page of incidents share a LastModDateTime), that second
+    is drained on its own, keyed by RecId (``ge S and lt S+1 and RecId gt 'R'``),
+    before moving on past it: no row is lost however many share a timestamp, and
+    no query puts a parenthesised group or an ``or`` anywhere but first, because
+    Ivanti misreads both (reference ivanti-api.md §2.3).
+
+The watermark
+    comes from server values only: after a cycle it is
+    ``min(newest LastModDateTime seen, server Date of the first page - overlap)``,
+    never moving backwards. So each cycle re-reads the last ``overlap`` seconds,
+    catching rows committed late with an older LastModDateTime; the re-read rows
+    cost requests but never transitions.
+
+The reconcile sweep (``Poller.reconcile``)
+    re-reads every open incident in scope (keyset on IncidentNumber) and
+    processes any it has not seen at that LastModDateTime; tracked incidents that
+    are no longer open in Ivanti's answer are fetched one by one, so a change the
+    incremental read missed, or a deleted incident, is still acted on. At first
+    start the same sweep takes the baseline: existing incidents are recorded and
+    nobody is paged.
+
+Each page is committed in one transaction: snapshots, the changes seen, the
+transitions and the outbox actions they cause, together.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from daemon.domain import ActionKind, PlannedAction, Policy, Snapshot, Transition
+from daemon.ivanti import IvantiClient, odata_quote
+from daemon.logs import log_event
+from daemon.models import Change, Incident
+from daemon.planner import plan
+from daemon.snapshot import MalformedRecord, parse_incident
+from daemon.store import Store, Unit
+from daemon.timeutil import iso_utc, odata_datetime_literal, parse_utc
+from daemon.transitions import decide
+
+log = logging.getLogger("daemon.poller")
+
+WATERMARK = "watermark"
+BASELINE_DONE = "baseline_done"
+LAST_RECONCILE = "last_reconcile"
+ORDER_CHANGES = "LastModDateTime asc,RecId asc"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class PollerConfig:
+    policy: Policy
+    scope_filter: str = ""
+    extra_fields: tuple[str, ...] = ()
+    page_size: int = 100
+    overlap: timedelta = timedelta(seconds=60)
+    baseline_page_critical: bool = False
+
+
+@dataclass
+class PollResult:
+    kind: str
+    cycle_id: int | None = None
+    rows_read: int = 0
+    changes: int = 0
+    rejected: int = 0
+    requests: int = 0
+    transitions: list[Transition] = field(default_factory=list)
+    actions: list[PlannedAction] = field(default_factory=list)
+    watermark_before: datetime | None = None
+    watermark_after: datetime | None = None
+    baseline: bool = False
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "cycle": self.cycle_id,
+            "rows": self.rows_read,
+            "changes": self.changes,
+            "transitions": len(self.transitions),
+            "actions": len(self.actions),
+            "rejected": self.rejected,
+            "requests": self.requests,
+            "watermark": iso_utc(self.watermark_after) if self.watermark_after else None,
+        }
+
+
+def _floor(dt: datetime) -> datetime:
+    return dt.replace(microsecond=0)
+
+
+class Poller:
+    def __init__(
+        self,
+        ivanti: IvantiClient,
+        store: Store,
+        config: PollerConfig,
+        *,
+        now: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.ivanti = ivanti
+        self.store = store
+        self.cfg = config
+        self.now = now
+
+    # ----- public ------------------------------------------------------------------------
+    def poll(self, *, dry_run: bool = False) -> PollResult:
+        """One incremental read of what changed since the watermark (baseline at first start)."""
+        with self.store.unit() as u:
+            raw_wm = u.get_state(WATERMARK)
+        if raw_wm is None:
+            return self.reconcile(dry_run=dry_run, baseline=True)
+        watermark = parse_utc(raw_wm)
+        result = PollResult(kind="poll", watermark_before=watermark)
+        cycle_id = self._start_cycle("poll", raw_wm, dry_run)
+        result.cycle_id = cycle_id
+        first_date: datetime | None = None
+        newest: datetime | None = None
+        try:
+            for page in self._read_changes(watermark, result):
+                if first_date is None:
+                    first_date = page.server_date
+                for snap in self._commit_page(page.rows, result, "poll", False, dry_run):
+                    if newest is None or snap.last_mod > newest:
+                        newest = snap.last_mod
+            result.watermark_after = self._next_watermark(watermark, newest, first_date)
+            self._finish_cycle(result, dry_run, ok=True)
+        except Exception as exc:
+            self._finish_cycle(result, dry_run, ok=False, error=exc)
+            raise
+        return result
+
+    def reconcile(self, *, dry_run: bool = False, baseline: bool = False) -> PollResult:
+        """Re-read every open incident in scope and fix drift (level-triggered)."""
+        kind = "baseline" if baseline else "reconcile"
+        result = PollResult(kind=kind, baseline=baseline)
+        with self.store.unit() as u:
+            raw_wm = u.get_state(WATERMARK)
+        result.watermark_before = parse_utc(raw_wm) if raw_wm else None
+        cycle_id = self._start_cycle(kind, raw_wm, dry_run)
+        result.cycle_id = cycle_id
+        try:
+            first_date: datetime | None = None
+            seen_open: set[str] = set()
+            for page in self._read_open(result):
+                if first_date is None:
+                    first_date = page.server_date
+                for snap in self._commit_page(page.rows, result, kind, baseline, dry_run):
+                    seen_open.add(snap.rec_id)
+                seen_open.update(self._rec_ids(page.rows))
+            if not baseline:
+                self._recheck_missing(seen_open, result, dry_run)
+            if baseline:
+                start = first_date or self.now()
+                result.watermark_after = _floor(start) - self.cfg.overlap
+            else:
+                result.watermark_after = result.watermark_before
+            self._finish_cycle(result, dry_run, ok=True)
+        except Exception as exc:
+            self._finish_cycle(result, dry_run, ok=False, error=exc)
+            raise
+        return result
+
+    # ----- reading -----------------------------------------------------------------------
+    def _scoped(self, expr: str) -> str:
+        scope = self.cfg.scope_filter.strip()
+        return f"({scope}) and {expr}" if scope else expr
+
+    def _query(self, flt: str, orderby: str, result: PollResult) -> Any:
+        page = self.ivanti.query_incidents(flt, orderby, top=self.cfg.page_size)
+        result.requests += 1
+        result.rows_read += len(page.rows)
+        log.debug("ivanti query filter=%r rows=%d", flt, len(page.rows))
+        return page
+
+    def _read_changes(self, watermark: datetime, result: PollResult) -> Iterator[Any]:
+        size = self.cfg.page_size
+        lower = _floor(watermark)
+        while True:
+            page = self._query(
+                self._scoped(f"LastModDateTime ge {odata_datetime_literal(lower)}"),
+                ORDER_CHANGES,
+                result,
+            )
+            yield page
+            if len(page.rows) < size:
+                return
+            first_s = self._second_of(page.rows[0])
+            last_s = self._second_of(page.rows[-1])
+            if first_s is None or last_s is None:
+                # A malformed timestamp at a page edge: move past the page's known rows.
+                known = [s for s in map(self._second_of, page.rows) if s is not None]
+                if not known:
+                    return
+                last_s = max(known)
+                first_s = min(known)
+            if first_s == last_s:
+                yield from self._drain_second(last_s, result)
+                lower = last_s + timedelta(seconds=1)
+            else:
+                lower = last_s
+
+    def _drain_second(self, second: datetime, result: PollResult) -> Iterator[Any]:
+        """Every row inside one second, keyed by RecId (for > page-size ties)."""
+        lo = odata_datetime_literal(second)
+        hi = odata_datetime_literal(second + timedelta(seconds=1))
+        after = ""
+        while True:
+            expr = f"LastModDateTime ge {lo} and LastModDateTime lt {hi}"
+            if after:
+                expr += f" and RecId gt {odata_quote(after)}"
+            page = self._query(self._scoped(expr), "RecId asc", result)
+            yield page
+            ids = self._rec_ids(page.rows)
+            if len(page.rows) < self.cfg.page_size or not ids:
+                return
+            after = max(ids)
+
+    def _read_open(self, result: PollResult) -> Iterator[Any]:
+        terminal = sorted(
+            self.cfg.policy.resolved_statuses
+            | self.cfg.policy.closed_statuses
+            | self.cfg.policy.canceled_statuses
+        )
+        status_expr = " and ".join(f"Status ne {odata_quote(s)}" for s in terminal)
+        after: int | None = None
+        while True:
+            expr = status_expr
+            if after is not None:
+                expr = (
+                    f"{expr} and IncidentNumber gt {after}"
+                    if expr
+                    else f"IncidentNumber gt {after}"
+                )
+            page = self._query(self._scoped(expr), "IncidentNumber asc", result)
+            yield page
+            numbers = [
+                n for n in (r.get("IncidentNumber") for r in page.rows) if isinstance(n, int)
+            ]
+            if len(page.rows) < self.cfg.page_size or not numbers:
+                return
+            after = max(numbers)
+
+    @staticmethod
+    def _rec_ids(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+        return [str(r["RecId"]).upper() for r in rows if isinstance(r.get("RecId"), str)]
+
+    @staticmethod
+    def _second_of(row: Mapping[str, Any]) -> datetime | None:
+        from daemon.timeutil import parse_ivanti_datetime
+
+        try:
+            dt = parse_ivanti_datetime(row.get("LastModDateTime"))
+        except ValueError:
+            return None
+        return _floor(dt) if dt else None
+
+    def _recheck_missing(self, seen_open: set[str], result: PollResult, dry_run: bool) -> None:
+        """Tracked open incidents absent from the open sweep: fetch each to learn why."""
+        with self.store.unit() as u:
+            missing = [r.rec_id for r in u.open_incidents() if r.rec_id not in seen_open]
+        for rec_id in missing:
+            raw = self.ivanti.get_incident(rec_id)
+            result.requests += 1
+            if raw is None:
+                self._mark_deleted(rec_id, result, dry_run)
+            else:
+                result.rows_read += 1
+                self._commit_page([raw], result, "reconcile", False, dry_run)
+
+    def _mark_deleted(self, rec_id: str, result: PollResult, dry_run: bool) -> None:
+        now = self.now()
+        with self.store.unit(rollback=dry_run) as u:
+            row = u.incident(rec_id)
+            if row is None or row.deleted:
+                return
+            reason = "incident no longer exists in Ivanti (deleted or out of reach)"
+            change = self._change_row(
+                row,
+                Unit.snapshot_of(row),
+                Unit.snapshot_of(row),
+                None,
+                reason,
+                now,
+                result,
+                "reconcile",
+            )
+            change.transition = None
+            u.add_change(change)
+            result.changes += 1
+            if row.alerting:
+                snap = Unit.snapshot_of(row)
+                from daemon.snapshot import workflow_payload
+
+                action = PlannedAction(
+                    kind=ActionKind.TERMINATE,
+                    rec_id=rec_id,
+                    payload={"type": "Deleted", "workflow": workflow_payload(snap, "Terminate")},
+                    reason=reason,
+                )
+                u.add_action(
+                    rec_id=rec_id,
+                    incident_number=row.incident_number,
+                    kind=action.kind.value,
+                    payload=dict(action.payload),
+                    reason=reason,
+                    now=now,
+                    change_id=change.id,
+                )
+                result.actions.append(action)
+            row.deleted = True
+            row.alerting = False
+            row.updated_at = now
+
+    # ----- diff and commit -------------------------------------------------------------
+    def _commit_page(
+        self,
+        rows: Sequence[Mapping[str, Any]],
+        result: PollResult,
+        source: str,
+        baseline: bool,
+        dry_run: bool,
+    ) -> list[Snapshot]:
+        """Diff one page against the stored snapshots and commit it in one transaction."""
+        if not rows:
+            return []
+        now = self.now()
+        processed: list[Snapshot] = []
+        snaps: list[Snapshot] = []
+        with self.store.unit(rollback=dry_run) as u:
+            for raw in rows:
+                try:
+                    snaps.append(parse_incident(raw, self.cfg.extra_fields))
+                except MalformedRecord as exc:
+                    self._reject(u, result, raw, exc, now)
+            stored = u.incidents(s.rec_id for s in snaps)
+            for snap in snaps:
+                row = stored.get(snap.rec_id)
+                if row is not None and not row.deleted and row.last_mod >= snap.last_mod:
+                    processed.append(snap)
+                    continue  # seen at this LastModDateTime already (overlap re-read)
+                prev = None if row is None or row.deleted else Unit.snapshot_of(row)
+                verdict = decide(
+                    prev,
+                    snap,
+                    self.cfg.policy,
+                    baseline=baseline,
+                    page_baseline_critical=self.cfg.baseline_page_critical,
+                )
+                alerting = bool(row.alerting) if row is not None else False
+                actions = plan(verdict, snap, alerting=alerting)
+                reason = verdict.reason
+                if (
+                    verdict.transition is None
+                    and row is not None
+                    and row.own_write_at is not None
+                    and snap.last_mod == row.own_write_at
+                ):
+                    reason = f"the daemon's own write-back (note/Owner/Status): {reason}"
+                change = self._change_row(
+                    row, prev, snap, verdict.transition, reason, now, result, source
+                )
+                u.add_change(change)
+                result.changes += 1
+                new_alerting: bool | None = None
+                for action in actions:
+                    recipient = action.payload.get("recipient")
+                    u.add_action(
+                        rec_id=snap.rec_id,
+                        incident_number=snap.incident_number,
+                        kind=action.kind.value,
+                        payload=dict(action.payload),
+                        reason=action.reason,
+                        now=now,
+                        change_id=change.id,
+                        recipient=_recipient_key(recipient),
+                    )
+                    new_alerting = action.kind is ActionKind.PAGE
+                if verdict.transition is not None:
+                    result.transitions.append(verdict.transition)
+                    log_event(
+                        log,
+                        logging.INFO,
+                        "transition",
+                        incident=snap.incident_number,
+                        rec_id=snap.rec_id,
+                        kind=verdict.transition.kind.value,
+                        reason=verdict.transition.reason,
+                        actions=",".join(a.kind.value for a in actions) or "none",
+                        dry_run=dry_run,
+                    )
+                result.actions.extend(actions)
+                stored[snap.rec_id] = u.save_snapshot(
+                    snap,
+                    self.cfg.policy,
+                    now,
+                    alerting=new_alerting,
+                    baseline=baseline and row is None,
+                    existing=row,
+                )
+                processed.append(snap)
+        return processed
+
+    def _reject(
+        self,
+        u: Unit,
+        result: PollResult,
+        raw: Mapping[str, Any],
+        exc: MalformedRecord,
+        now: datetime,
+    ) -> None:
+        result.rejected += 1
+        log_event(
+            log,
+            logging.WARNING,
+            "malformed incident record skipped (kept in rejected_records)",
+            rec_id=exc.rec_id or "?",
+            problem=exc.problem,
+        )
+        u.add_rejected(result.cycle_id, now, exc.rec_id, exc.problem, dict(raw))
+
+    @staticmethod
+    def _change_row(
+        row: Incident | None,
+        prev: Snapshot | None,
+        snap: Snapshot,
+        transition: Transition | None,
+        reason: str,
+        now: datetime,
+        result: PollResult,
+        source: str,
+    ) -> Change:
+        return Change(
+            cycle_id=result.cycle_id,
+            rec_id=snap.rec_id,
+            incident_number=snap.incident_number,
+            seen_at=now,
+            last_mod=snap.last_mod,
+            last_mod_by=snap.last_mod_by,
+            prev_status=prev.status if prev else None,
+            status=snap.status,
+            prev_priority=prev.priority if prev else None,
+            priority=snap.priority,
+            prev_owner_team=prev.owner_team if prev else None,
+            owner_team=snap.owner_team,
+            prev_owner=prev.owner if prev else None,
+            owner=snap.owner,
+            transition=transition.kind.value if transition else None,
+            reason=reason,
+            source=source,
+        )
+
+    # ----- cycle bookkeeping ------------------------------------------------------------
+    def _next_watermark(
+        self, current: datetime, newest: datetime | None, server_date: datetime | None
+    ) -> datetime:
+        candidates = []
+        if newest is not None:
+            candidates.append(_floor(newest))
+        if server_date is not None:
+            candidates.append(_floor(server_date) - self.cfg.overlap)
+        elif newest is not None:
+            candidates = [_floor(newest) - self.cfg.overlap]
+        if not candidates:
+            return current
+        return max(current, min(candidates))
+
+    def _start_cycle(self, kind: str, watermark: str | None, dry_run: bool) -> int | None:
+        if dry_run:
+            return None
+        with self.store.unit() as u:
+            return u.start_cycle(kind, self.now(), watermark).id
+
+    def _finish_cycle(
+        self, result: PollResult, dry_run: bool, *, ok: bool, error: BaseException | None = None
+    ) -> None:
+        if dry_run or result.cycle_id is None:
+            return
+        now = self.now()
+        with self.store.unit() as u:
+            cycle = u.cycle(result.cycle_id)
+            cycle.finished_at = now
+            cycle.ok = ok
+            cycle.rows_read = result.rows_read
+            cycle.changes = result.changes
+            cycle.transitions = len(result.transitions)
+            cycle.actions = len(result.actions)
+            cycle.requests = result.requests
+            cycle.rejected = result.rejected
+            cycle.error = str(error)[:2000] if error else None
+            if ok and result.watermark_after is not None:
+                cycle.watermark_after = iso_utc(result.watermark_after)
+                u.set_state(WATERMARK, iso_utc(result.watermark_after), now)
+                if result.kind == "baseline":
+                    u.set_state(BASELINE_DONE, iso_utc(now), now)
+                if result.kind in ("baseline", "reconcile"):
+                    u.set_state(LAST_RECONCILE, iso_utc(now), now)
+                u.set_state(f"last_ok_{result.kind}", iso_utc(now), now)
+
+
+def _recipient_key(recipient: object) -> str | None:
+    if isinstance(recipient, Mapping):
+        return f"{recipient.get('recipientType', '')}:{recipient.get('id', '')}".casefold()
+    return None

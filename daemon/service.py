@@ -1,0 +1,341 @@
+"""Wiring: settings -> clients, store, poller, deliverer, write-back; and the scheduler.
+
+The scheduler only wires the pieces. Jobs (poll, deliver, write-back, reconcile)
+run one at a time under one lock, so a poll never reads an Ivanti change while
+the deliverer is half-way through recording it, and each job has one instance,
+coalesced (a late run is not repeated). SIGTERM/SIGINT let the running step
+finish and commit, then the process exits 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from daemon import systemd
+from daemon.config import Settings
+from daemon.deliverer import Deliverer, DeliveryConfig, DeliveryResult
+from daemon.ivanti import IvantiClient
+from daemon.logs import log_event
+from daemon.notes import DEFAULT_RESPONSE_ACTIONS, parse_response_actions
+from daemon.poller import Poller, PollerConfig, PollResult
+from daemon.store import Store
+from daemon.writeback import WriteBack, WritebackConfig, WritebackResult
+from daemon.xmatters import XMattersClient
+
+log = logging.getLogger("daemon.service")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class CycleReport:
+    poll: PollResult | None = None
+    delivery: DeliveryResult = field(default_factory=DeliveryResult)
+    writeback: WritebackResult | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def build_ivanti(settings: Settings, **kwargs: Any) -> IvantiClient:
+    iv = settings.ivanti
+    assert iv is not None
+    return IvantiClient(
+        iv.base_url,
+        api_key=iv.api_key,
+        tenant=iv.tenant or None,
+        username=iv.username,
+        password=iv.password,
+        role=iv.role,
+        timeout=iv.timeout,
+        **kwargs,
+    )
+
+
+def build_xmatters(settings: Settings, **kwargs: Any) -> XMattersClient:
+    xm = settings.xmatters
+    assert xm is not None
+    return XMattersClient(
+        xm.base_url or "",
+        xm.trigger_url,
+        username=xm.username,
+        password=xm.password,
+        oauth_client_id=xm.oauth_client_id,
+        timeout=xm.timeout,
+        rate_limit_per_s=xm.rate_limit_per_s,
+        form_trigger_url=xm.form_trigger_url or None,
+        **kwargs,
+    )
+
+
+class Service:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        store: Store | None = None,
+        ivanti: IvantiClient | None = None,
+        xmatters: XMattersClient | None = None,
+        now: Callable[[], datetime] = utcnow,
+        dry_run: bool = False,
+    ) -> None:
+        self.settings = settings
+        self.dry_run = dry_run  # poll and diff only: nothing sent, nothing written
+        self.now = now
+        self.store = store or Store(settings.state_db_url)
+        self.ivanti = ivanti or build_ivanti(settings)
+        self.xm = xmatters or build_xmatters(settings)
+        self.lock = threading.Lock()
+        self.last_poll_ok: datetime | None = None
+        self.last_error: dict[str, str] = {}
+        xs = settings.xmatters
+        assert xs is not None and settings.ivanti is not None
+        self.poller = Poller(
+            self.ivanti,
+            self.store,
+            PollerConfig(
+                policy=settings.policy,
+                scope_filter=settings.ivanti.scope_filter,
+                extra_fields=settings.ivanti.extra_fields,
+                page_size=settings.poll.page_size,
+                overlap=timedelta(seconds=settings.poll.overlap),
+                baseline_page_critical=settings.poll.baseline_page_critical,
+            ),
+            now=now,
+        )
+        d = settings.delivery
+        self.deliverer = Deliverer(
+            self.store,
+            self.xm,
+            self.ivanti,
+            DeliveryConfig(
+                mode=xs.mode,
+                max_attempts=d.max_attempts,
+                max_age=timedelta(seconds=d.max_age),
+                backoff_base=d.backoff_base,
+                backoff_max=d.backoff_max,
+                flood_limit_per_min=xs.flood_limit_per_min,
+                recid_property=xs.recid_property,
+                user_response_options=xs.user_response_options,
+                group_response_options=xs.group_response_options,
+                event_priority=xs.event_priority,
+                form_trigger_url=xs.form_trigger_url or None,
+            ),
+            policy=settings.policy,
+            notes_prefix=xs.notes_prefix,
+            now=now,
+        )
+        wb = settings.writeback
+        self.writeback: WriteBack | None = None
+        if wb.enabled:
+            actions = (
+                parse_response_actions(wb.response_actions)
+                if wb.response_actions
+                else dict(DEFAULT_RESPONSE_ACTIONS)
+            )
+            self.writeback = WriteBack(
+                self.store,
+                self.xm,
+                WritebackConfig(
+                    notes_prefix=xs.notes_prefix,
+                    grace=timedelta(seconds=wb.grace),
+                    delivery_notes=wb.delivery_notes,
+                    response_actions=actions,
+                    user_map=dict(wb.user_map),
+                    note_max_chars=wb.note_max_chars,
+                    concurrency=wb.concurrency,
+                    quiet_poll_every=wb.quiet_poll_every,
+                ),
+                now=now,
+            )
+
+    # ----- jobs --------------------------------------------------------------------------
+    def poll_job(self, *, dry_run: bool = False) -> PollResult:
+        dry_run = dry_run or self.dry_run
+        with self.lock:
+            try:
+                result = self.poller.poll(dry_run=dry_run)
+            except Exception as exc:
+                self._failed("ivanti", "poll", exc)
+                raise
+            self.last_poll_ok = self.now()
+            self.last_error.pop("ivanti", None)
+            log_event(log, logging.INFO, f"{result.kind} done", dry_run=dry_run, **result.summary())
+            return result
+
+    def reconcile_job(self) -> PollResult:
+        with self.lock:
+            try:
+                result = self.poller.reconcile()
+            except Exception as exc:
+                self._failed("ivanti", "reconcile", exc)
+                raise
+            log_event(log, logging.INFO, "reconcile done", **result.summary())
+            return result
+
+    def deliver_job(self) -> DeliveryResult:
+        if self.dry_run:
+            return DeliveryResult()
+        with self.lock:
+            result = self.deliverer.drain()
+            if result.attempted or result.deferred:
+                log_event(
+                    log,
+                    logging.INFO,
+                    "delivery round",
+                    done=len(result.done),
+                    retrying=len(result.retried),
+                    dead=len(result.dead),
+                    deferred=len(result.deferred),
+                )
+            return result
+
+    def writeback_job(self) -> WritebackResult | None:
+        if self.writeback is None or self.dry_run:
+            return None
+        with self.lock:
+            try:
+                result = self.writeback.run_once()
+            except Exception as exc:
+                self._failed("xmatters", "writeback", exc)
+                raise
+            if result.records or result.errors:
+                log_event(
+                    log,
+                    logging.INFO,
+                    "write-back round",
+                    events=result.events_polled,
+                    records=result.records,
+                    notes=result.notes,
+                    errors=len(result.errors),
+                )
+            return result
+
+    def _failed(self, api: str, job: str, exc: BaseException) -> None:
+        self.last_error[api] = f"{self.now().isoformat()} {exc}"
+        log_event(log, logging.ERROR, f"{job} failed", error=str(exc))
+
+    def cycle(self, *, dry_run: bool = False) -> CycleReport:
+        """One full cycle: poll, deliver, write back, deliver (what `once` runs)."""
+        report = CycleReport()
+        try:
+            report.poll = self.poll_job(dry_run=dry_run)
+            if dry_run:
+                return report
+            report.delivery = self.deliver_job()
+            report.writeback = self.writeback_job()
+            more = self.deliver_job()
+            report.delivery.done += more.done
+            report.delivery.retried += more.retried
+            report.delivery.dead += more.dead
+        except Exception as exc:
+            report.error = str(exc)
+        return report
+
+    # ----- long-running ------------------------------------------------------------------
+    def run(self, stop: threading.Event) -> None:
+        """Run the jobs on their schedules until ``stop`` is set."""
+        from apscheduler.executors.pool import ThreadPoolExecutor
+        from apscheduler.schedulers.background import BackgroundScheduler
+
+        s = self.settings
+        scheduler = BackgroundScheduler(
+            executors={"default": ThreadPoolExecutor(max_workers=2)},
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
+            timezone=UTC,
+        )
+        now = datetime.now(UTC)
+        scheduler.add_job(
+            self._safe(self.poll_job),
+            "interval",
+            seconds=s.poll.interval,
+            id="poll",
+            next_run_time=now,
+        )
+        scheduler.add_job(
+            self._safe(self.deliver_job),
+            "interval",
+            seconds=s.delivery.interval,
+            id="deliver",
+            next_run_time=now + timedelta(seconds=1),
+        )
+        if self.writeback is not None:
+            scheduler.add_job(
+                self._safe(self.writeback_job),
+                "interval",
+                seconds=s.writeback.interval,
+                id="writeback",
+                next_run_time=now + timedelta(seconds=2),
+            )
+        if s.poll.reconcile_interval:
+            scheduler.add_job(
+                self._safe(self.reconcile_job),
+                "interval",
+                seconds=s.poll.reconcile_interval,
+                id="reconcile",
+            )
+        scheduler.start()
+        log_event(
+            log,
+            logging.INFO,
+            "daemon running",
+            poll_interval=s.poll.interval,
+            mode=s.xmatters.mode if s.xmatters else "?",
+            writeback=self.writeback is not None,
+        )
+        ready = False
+        deadman = timedelta(seconds=s.ops.deadman)
+        started = self.now()
+        stalled_logged = False
+        try:
+            while not stop.wait(timeout=systemd.watchdog_period(default=5.0)):
+                healthy_since = self.last_poll_ok or started
+                if self.last_poll_ok is not None and not ready:
+                    systemd.notify("READY=1\nSTATUS=polling")
+                    ready = True
+                if self.now() - healthy_since <= deadman:
+                    systemd.notify("WATCHDOG=1")
+                    stalled_logged = False
+                elif not stalled_logged:
+                    log_event(
+                        log,
+                        logging.ERROR,
+                        "dead-man: no successful poll; no longer feeding the systemd watchdog",
+                        since=healthy_since.isoformat(),
+                        deadman=f"{s.ops.deadman:g}s",
+                        last_error=self.last_error.get("ivanti", "none"),
+                    )
+                    systemd.notify("STATUS=no successful poll within IXM_DEADMAN")
+                    stalled_logged = True
+        finally:
+            systemd.notify("STOPPING=1")
+            log_event(log, logging.INFO, "stopping: finishing the current step")
+            scheduler.shutdown(wait=True)
+            log_event(log, logging.INFO, "stopped")
+
+    @staticmethod
+    def _safe(job: Callable[..., Any]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                job()
+            except Exception:  # already logged by the job; keep the scheduler alive
+                pass
+
+        run.__name__ = getattr(job, "__name__", "job")
+        return run
+
+    def close(self) -> None:
+        try:
+            self.ivanti.close()
+        finally:
+            self.xm.close()
+            self.store.close()

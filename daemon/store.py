@@ -1,0 +1,490 @@
+"""The one module that owns the SQL: engine, migrations, and the unit of work.
+
+``Store.unit()`` opens one transaction and hands out a ``Unit`` whose methods
+read and write rows; everything done inside commits together or not at all
+(snapshot + change + outbox actions, the "one transaction" promise).
+
+SQLite runs in WAL mode so people can read the DB with sqlite3 while the daemon
+writes; ``synchronous=FULL`` so a committed transition survives power loss, and a
+busy timeout so a reader never makes the daemon fail.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, func, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from daemon.domain import Policy, Snapshot
+from daemon.models import (
+    Attempt,
+    AuditSeen,
+    Change,
+    Cycle,
+    Incident,
+    OutboxAction,
+    PollState,
+    Rejected,
+    XmEvent,
+)
+from daemon.snapshot import snapshot_from_json, snapshot_to_json
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+
+
+def make_engine(url: str) -> Engine:
+    engine = create_engine(url, future=True)
+    if engine.dialect.name == "sqlite":
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA busy_timeout=10000")
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=FULL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+    return engine
+
+
+def _alembic_config(engine: Engine) -> Any:
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False))
+    return cfg
+
+
+def upgrade(engine: Engine) -> None:
+    """Apply pending alembic revisions (the daemon calls this at start)."""
+    from alembic import command
+
+    cfg = _alembic_config(engine)
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+
+
+def current_revision(engine: Engine) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def head_revision() -> str | None:
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory(str(MIGRATIONS_DIR)).get_current_head()
+
+
+class Store:
+    def __init__(self, url: str, *, migrate: bool = True) -> None:
+        self.url = url
+        self.engine = make_engine(url)
+        if migrate:
+            upgrade(self.engine)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @contextmanager
+    def unit(self, *, rollback: bool = False) -> Iterator[Unit]:
+        """One transaction. ``rollback=True`` (dry runs) discards everything at the end."""
+        with self._sessions() as session:
+            tx = session.begin()
+            try:
+                yield Unit(session)
+            except BaseException:
+                tx.rollback()
+                raise
+            if rollback:
+                tx.rollback()
+            else:
+                tx.commit()
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+@dataclass(frozen=True)
+class Head:
+    """The oldest pending action of one incident (actions run in order per incident)."""
+
+    action: OutboxAction
+    unfinished_attempt: Attempt | None
+
+
+class Unit:
+    """Repository methods bound to one open transaction."""
+
+    def __init__(self, session: Session) -> None:
+        self.s = session
+
+    # ----- cursor ----------------------------------------------------------------------
+    def get_state(self, name: str) -> str | None:
+        row = self.s.get(PollState, name)
+        return row.value if row else None
+
+    def set_state(self, name: str, value: str, now: datetime) -> None:
+        row = self.s.get(PollState, name)
+        if row is None:
+            self.s.add(PollState(name=name, value=value, updated_at=now))
+        else:
+            row.value = value
+            row.updated_at = now
+
+    def all_state(self) -> dict[str, tuple[str, datetime]]:
+        return {r.name: (r.value, r.updated_at) for r in self.s.scalars(select(PollState))}
+
+    # ----- cycles ----------------------------------------------------------------------
+    def start_cycle(self, kind: str, now: datetime, watermark: str | None = None) -> Cycle:
+        cycle = Cycle(kind=kind, started_at=now, watermark_before=watermark)
+        self.s.add(cycle)
+        self.s.flush()
+        return cycle
+
+    def cycle(self, cycle_id: int) -> Cycle:
+        row = self.s.get(Cycle, cycle_id)
+        assert row is not None
+        return row
+
+    def last_cycles(self, kind: str | None = None, limit: int = 20) -> list[Cycle]:
+        q = select(Cycle).order_by(Cycle.id.desc()).limit(limit)
+        if kind:
+            q = q.where(Cycle.kind == kind)
+        return list(self.s.scalars(q))
+
+    def last_ok_cycle(self, kind: str) -> Cycle | None:
+        q = (
+            select(Cycle)
+            .where(Cycle.kind == kind, Cycle.ok.is_(True))
+            .order_by(Cycle.id.desc())
+            .limit(1)
+        )
+        return self.s.scalars(q).first()
+
+    # ----- incidents -------------------------------------------------------------------
+    def incidents(self, rec_ids: Iterable[str]) -> dict[str, Incident]:
+        ids = list(set(rec_ids))
+        out: dict[str, Incident] = {}
+        for i in range(0, len(ids), 500):
+            chunk = ids[i : i + 500]
+            for row in self.s.scalars(select(Incident).where(Incident.rec_id.in_(chunk))):
+                out[row.rec_id] = row
+        return out
+
+    def incident(self, rec_id: str) -> Incident | None:
+        return self.s.get(Incident, rec_id)
+
+    def incident_by_number(self, number: int) -> Incident | None:
+        return self.s.scalars(select(Incident).where(Incident.incident_number == number)).first()
+
+    def open_incidents(self) -> list[Incident]:
+        q = select(Incident).where(Incident.status_class == "open", Incident.deleted.is_(False))
+        return list(self.s.scalars(q))
+
+    def alerting_incidents(self) -> list[Incident]:
+        return list(self.s.scalars(select(Incident).where(Incident.alerting.is_(True))))
+
+    def list_incidents(self) -> list[Incident]:
+        return list(self.s.scalars(select(Incident).order_by(Incident.incident_number)))
+
+    def save_snapshot(
+        self,
+        snap: Snapshot,
+        policy: Policy,
+        now: datetime,
+        *,
+        alerting: bool | None = None,
+        baseline: bool = False,
+        existing: Incident | None = None,
+    ) -> Incident:
+        row = existing if existing is not None else self.s.get(Incident, snap.rec_id)
+        values: dict[str, Any] = {
+            "incident_number": snap.incident_number,
+            "status": snap.status,
+            "status_class": policy.status_class(snap.status).value,
+            "priority": snap.priority,
+            "critical": policy.is_critical(snap.priority),
+            "owner": snap.owner,
+            "owner_team": snap.owner_team,
+            "last_mod": snap.last_mod,
+            "last_mod_by": snap.last_mod_by,
+            "snapshot": snapshot_to_json(snap),
+            "updated_at": now,
+            "deleted": False,
+        }
+        if row is None:
+            row = Incident(
+                rec_id=snap.rec_id,
+                first_seen_at=now,
+                baseline=baseline,
+                alerting=bool(alerting),
+                **values,
+            )
+            self.s.add(row)
+        else:
+            for k, v in values.items():
+                setattr(row, k, v)
+            if alerting is not None:
+                row.alerting = alerting
+        return row
+
+    @staticmethod
+    def snapshot_of(row: Incident) -> Snapshot:
+        return snapshot_from_json(row.snapshot)
+
+    # ----- changes and rejects ---------------------------------------------------------
+    def add_change(self, change: Change) -> Change:
+        self.s.add(change)
+        self.s.flush()
+        return change
+
+    def changes_for(self, rec_id: str) -> list[Change]:
+        return list(
+            self.s.scalars(select(Change).where(Change.rec_id == rec_id).order_by(Change.id))
+        )
+
+    def add_rejected(
+        self, cycle_id: int | None, now: datetime, rec_id: str | None, problem: str, raw: object
+    ) -> None:
+        try:
+            text = json.dumps(raw, default=str)[:100_000]
+        except (TypeError, ValueError):
+            text = repr(raw)[:100_000]
+        self.s.add(
+            Rejected(cycle_id=cycle_id, seen_at=now, rec_id=rec_id, problem=problem, raw=text)
+        )
+
+    def rejected(self, limit: int = 50) -> list[Rejected]:
+        return list(self.s.scalars(select(Rejected).order_by(Rejected.id.desc()).limit(limit)))
+
+    # ----- outbox ----------------------------------------------------------------------
+    def add_action(
+        self,
+        *,
+        rec_id: str,
+        incident_number: int,
+        kind: str,
+        payload: dict[str, Any],
+        reason: str,
+        now: datetime,
+        change_id: int | None = None,
+        recipient: str | None = None,
+        dedupe_key: str | None = None,
+    ) -> OutboxAction:
+        action = OutboxAction(
+            rec_id=rec_id,
+            incident_number=incident_number,
+            kind=kind,
+            payload=payload,
+            reason=reason,
+            state="pending",
+            attempts=0,
+            created_at=now,
+            next_attempt_at=now,
+            updated_at=now,
+            change_id=change_id,
+            recipient=recipient,
+            dedupe_key=dedupe_key,
+        )
+        self.s.add(action)
+        self.s.flush()
+        return action
+
+    def action(self, action_id: int) -> OutboxAction | None:
+        return self.s.get(OutboxAction, action_id)
+
+    def has_dedupe_key(self, key: str) -> bool:
+        q = select(OutboxAction.id).where(OutboxAction.dedupe_key == key)
+        return self.s.scalars(q).first() is not None
+
+    def heads(self, now: datetime, limit: int = 200) -> list[Head]:
+        """The oldest pending action of each incident, if it is due."""
+        first = (
+            select(OutboxAction.rec_id, func.min(OutboxAction.id).label("first_id"))
+            .where(OutboxAction.state == "pending")
+            .group_by(OutboxAction.rec_id)
+            .subquery()
+        )
+        q = (
+            select(OutboxAction)
+            .join(first, OutboxAction.id == first.c.first_id)
+            .where(OutboxAction.next_attempt_at <= now)
+            .order_by(OutboxAction.id)
+            .limit(limit)
+        )
+        out = []
+        for action in self.s.scalars(q):
+            out.append(Head(action, self.unfinished_attempt(action.id)))
+        return out
+
+    def unfinished_attempt(self, action_id: int) -> Attempt | None:
+        q = (
+            select(Attempt)
+            .where(Attempt.outbox_id == action_id, Attempt.finished_at.is_(None))
+            .order_by(Attempt.id.desc())
+        )
+        return self.s.scalars(q).first()
+
+    def attempts_for(self, action_id: int) -> list[Attempt]:
+        return list(
+            self.s.scalars(
+                select(Attempt).where(Attempt.outbox_id == action_id).order_by(Attempt.id)
+            )
+        )
+
+    def start_attempt(self, action: OutboxAction, now: datetime) -> Attempt:
+        action.attempts += 1
+        action.updated_at = now
+        if action.kind == "page" and action.sent_at is None:
+            action.sent_at = now
+        attempt = Attempt(outbox_id=action.id, number=action.attempts, started_at=now)
+        self.s.add(attempt)
+        self.s.flush()
+        return attempt
+
+    def pages_sent_since(self, recipient: str, since: datetime) -> list[datetime]:
+        """When pages to this recipient were (or may have been) sent, for flood control."""
+        q = select(OutboxAction.sent_at).where(
+            OutboxAction.kind == "page",
+            OutboxAction.recipient == recipient,
+            OutboxAction.sent_at.is_not(None),
+            OutboxAction.sent_at >= since,
+        )
+        return sorted(t for t in self.s.scalars(q) if t is not None)
+
+    def outbox(self, states: Sequence[str] | None = None, limit: int = 200) -> list[OutboxAction]:
+        q = select(OutboxAction).order_by(OutboxAction.id.desc()).limit(limit)
+        if states:
+            q = q.where(OutboxAction.state.in_(states))
+        return list(self.s.scalars(q))
+
+    def outbox_for(self, rec_id: str) -> list[OutboxAction]:
+        q = select(OutboxAction).where(OutboxAction.rec_id == rec_id).order_by(OutboxAction.id)
+        return list(self.s.scalars(q))
+
+    def outbox_counts(self) -> dict[str, int]:
+        q = select(OutboxAction.state, func.count()).group_by(OutboxAction.state)
+        return {state: n for state, n in self.s.execute(q)}
+
+    def pending_page(self, rec_id: str) -> bool:
+        q = select(OutboxAction.id).where(
+            OutboxAction.rec_id == rec_id,
+            OutboxAction.kind == "page",
+            OutboxAction.state == "pending",
+        )
+        return self.s.scalars(q).first() is not None
+
+    def done_notes_with_text(self, rec_id: str, text: str) -> int:
+        n = 0
+        for a in self.s.scalars(
+            select(OutboxAction).where(
+                OutboxAction.rec_id == rec_id,
+                OutboxAction.kind == "note",
+                OutboxAction.state == "done",
+            )
+        ):
+            if a.payload.get("note") == text:
+                n += 1
+        return n
+
+    def retry_dead(self, action_ids: Sequence[int] | None, now: datetime) -> int:
+        q = update(OutboxAction).where(OutboxAction.state == "dead")
+        if action_ids is not None:
+            q = q.where(OutboxAction.id.in_(list(action_ids)))
+        result = self.s.execute(
+            q.values(state="pending", next_attempt_at=now, updated_at=now, attempts=0)
+        )
+        return int(getattr(result, "rowcount", 0) or 0)
+
+    # ----- xMatters events -------------------------------------------------------------
+    def add_event(
+        self,
+        *,
+        event_id: str,
+        rec_id: str,
+        outbox_id: int | None,
+        request_id: str | None,
+        number: str | None,
+        status: str,
+        now: datetime,
+    ) -> XmEvent:
+        row = self.s.get(XmEvent, event_id)
+        if row is None:
+            row = XmEvent(
+                event_id=event_id,
+                rec_id=rec_id,
+                outbox_id=outbox_id,
+                request_id=request_id,
+                number=number,
+                status=status,
+                created_at=now,
+                polls=0,
+                delivered=0,
+                failed=0,
+                responded=0,
+            )
+            self.s.add(row)
+        return row
+
+    def event(self, event_id: str) -> XmEvent | None:
+        return self.s.get(XmEvent, event_id)
+
+    def events_for(self, rec_id: str) -> list[XmEvent]:
+        q = select(XmEvent).where(XmEvent.rec_id == rec_id).order_by(XmEvent.created_at)
+        return list(self.s.scalars(q))
+
+    def live_events(self, rec_id: str | None = None) -> list[XmEvent]:
+        q = select(XmEvent).where(XmEvent.status != "TERMINATED")
+        if rec_id is not None:
+            q = q.where(XmEvent.rec_id == rec_id)
+        return list(self.s.scalars(q))
+
+    def mark_terminated(self, rec_id: str, now: datetime, except_ids: Iterable[str] = ()) -> int:
+        keep = set(except_ids)
+        n = 0
+        for ev in self.live_events(rec_id):
+            if ev.event_id in keep:
+                continue
+            ev.status = "TERMINATED"
+            ev.terminated_at = now
+            n += 1
+        return n
+
+    def events_to_poll(self, now: datetime, grace: timedelta) -> list[XmEvent]:
+        q = select(XmEvent).where(
+            (XmEvent.status != "TERMINATED") | (XmEvent.terminated_at >= now - grace)
+        )
+        return list(self.s.scalars(q))
+
+    def undiscovered_requests(self, since: datetime) -> list[OutboxAction]:
+        """Pages whose trigger was accepted but whose event id is not known yet."""
+        known = select(XmEvent.outbox_id).where(XmEvent.outbox_id.is_not(None))
+        q = select(OutboxAction).where(
+            OutboxAction.kind == "page",
+            OutboxAction.state == "done",
+            OutboxAction.request_id.is_not(None),
+            OutboxAction.done_at >= since,
+            OutboxAction.id.not_in(known),
+        )
+        return list(self.s.scalars(q))
+
+    # ----- audits ----------------------------------------------------------------------
+    def audit_seen(self, audit_id: str) -> bool:
+        return self.s.get(AuditSeen, audit_id) is not None
+
+    def add_audit(self, row: AuditSeen) -> None:
+        self.s.add(row)
+
+    def audits_for(self, rec_id: str) -> list[AuditSeen]:
+        q = select(AuditSeen).where(AuditSeen.rec_id == rec_id).order_by(AuditSeen.handled_at)
+        return list(self.s.scalars(q))

@@ -1,0 +1,379 @@
+"""Closing the loop: what happened in xMatters becomes notes on the Ivanti incident.
+
+Each cycle the daemon
+1. looks up the events of pages whose trigger was accepted but whose event id is
+   not known yet (a workflow creates its event asynchronously);
+2. reads the audit trail of each of its events that is live, or was terminated
+   less than ``grace`` ago (``GET /audits?eventId=…`` following ``links.next``),
+   with bounded concurrency under the client's request-rate limit; events with
+   recent activity are read every cycle, quiet ones every ``quiet_poll_every``-th;
+3. turns each audit record it has not handled yet into a note action in the same
+   outbox as pages (durable, retried, in order per incident), recording the record
+   as handled in the same transaction: a record read twice is never written twice.
+
+Responses whose configured action is ``assign`` ("Assign to me" by default) also
+set Owner (through ``user_map`` when xMatters and Ivanti names differ) and
+Status=Active in the same write as their note.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from daemon.errors import ApiError
+from daemon.logs import log_event
+from daemon.models import AuditSeen, XmEvent
+from daemon.notes import (
+    DEFAULT_RESPONSE_ACTIONS,
+    NOTE_LIMIT,
+    ResponseAction,
+    action_for,
+    comment_note,
+    delivery_note,
+    split_target_name,
+    summary_note,
+)
+from daemon.store import Store, Unit
+from daemon.timeutil import parse_utc
+from daemon.xmatters import XMattersClient
+
+log = logging.getLogger("daemon.writeback")
+
+AUDIT_TYPES: tuple[str, ...] = (
+    "RESPONSE_RECEIVED",
+    "EVENT_ANNOTATED",
+    "NOTIFICATION_DELIVERED",
+    "NOTIFICATION_FAILED",
+    "EVENT_TERMINATED",
+)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class WritebackConfig:
+    notes_prefix: str = "[xMatters]"
+    grace: timedelta = timedelta(hours=1)
+    delivery_notes: str = "all"  # all | failures | summary
+    response_actions: Mapping[str, ResponseAction] = field(
+        default_factory=lambda: dict(DEFAULT_RESPONSE_ACTIONS)
+    )
+    user_map: Mapping[str, str] = field(default_factory=dict)
+    note_max_chars: int = NOTE_LIMIT
+    concurrency: int = 4
+    quiet_poll_every: int = 4
+    busy_window: timedelta = timedelta(minutes=15)
+
+
+@dataclass
+class WritebackResult:
+    events_polled: int = 0
+    records: int = 0
+    notes: int = 0
+    discovered: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Event:
+    event_id: str
+    rec_id: str
+    number: str | None
+
+
+class WriteBack:
+    def __init__(
+        self,
+        store: Store,
+        xmatters: XMattersClient,
+        config: WritebackConfig,
+        *,
+        now: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.store = store
+        self.xm = xmatters
+        self.cfg = config
+        self.now = now
+        self._cycle = 0
+        self._people: dict[str, tuple[str, str]] = {}
+
+    # ----- public ------------------------------------------------------------------------
+    def run_once(self) -> WritebackResult:
+        self._cycle += 1
+        result = WritebackResult()
+        self._discover(result)
+        events = self._events_due()
+        result.events_polled = len(events)
+        if not events:
+            return result
+        with ThreadPoolExecutor(max_workers=max(1, self.cfg.concurrency)) as pool:
+            fetched = list(pool.map(self._fetch, events))
+        for ev, records in zip(events, fetched, strict=True):
+            if isinstance(records, ApiError):
+                result.errors.append(f"{ev.event_id}: {records}")
+                log_event(
+                    log,
+                    logging.WARNING,
+                    "could not read event audits; will try again next cycle",
+                    event=ev.event_id,
+                    error=str(records),
+                )
+                continue
+            self._handle(ev, records, result)
+        return result
+
+    # ----- which events ----------------------------------------------------------------
+    def _discover(self, result: WritebackResult) -> None:
+        now = self.now()
+        with self.store.unit() as u:
+            pending = [
+                (a.id, a.rec_id, a.request_id)
+                for a in u.undiscovered_requests(now - self.cfg.grace)
+            ]
+        for outbox_id, rec_id, request_id in pending:
+            if not request_id:
+                continue
+            try:
+                events = self.xm.find_events(request_id=request_id)
+            except ApiError as exc:
+                result.errors.append(str(exc))
+                continue
+            if not events:
+                continue
+            with self.store.unit() as u:
+                for ev in events:
+                    u.add_event(
+                        event_id=str(ev["id"]),
+                        rec_id=rec_id,
+                        outbox_id=outbox_id,
+                        request_id=request_id,
+                        number=str(ev.get("eventId")) if ev.get("eventId") is not None else None,
+                        status=str(ev.get("status") or "ACTIVE"),
+                        now=now,
+                    )
+                    result.discovered += 1
+
+    def _events_due(self) -> list[_Event]:
+        now = self.now()
+        due: list[_Event] = []
+        with self.store.unit() as u:
+            for ev in u.events_to_poll(now, self.cfg.grace):
+                if (
+                    self._busy(ev, now)
+                    or (self._cycle + ev.polls) % max(1, self.cfg.quiet_poll_every) == 0
+                ):
+                    due.append(_Event(ev.event_id, ev.rec_id, ev.number))
+        return due
+
+    def _busy(self, ev: XmEvent, now: datetime) -> bool:
+        recent = max(
+            [t for t in (ev.created_at, ev.last_activity_at, ev.terminated_at) if t is not None]
+        )
+        return ev.polls < 3 or now - recent <= self.cfg.busy_window
+
+    def _fetch(self, ev: _Event) -> list[Mapping[str, Any]] | ApiError:
+        try:
+            return list(self.xm.audits(ev.event_id, AUDIT_TYPES))
+        except ApiError as exc:
+            return exc
+
+    # ----- turning records into notes ----------------------------------------------------
+    def _names(self, login: str) -> tuple[str, str]:
+        """First and last name of an xMatters person (cached; login when unknown)."""
+        if login in self._people:
+            return self._people[login]
+        names = (login, "")
+        try:
+            person = self.xm.get_person(login)
+        except ApiError:
+            return names  # not cached: try again next time
+        if person:
+            names = (str(person.get("firstName") or login), str(person.get("lastName") or ""))
+        self._people[login] = names
+        return names
+
+    def _handle(
+        self, ev: _Event, records: Sequence[Mapping[str, Any]], result: WritebackResult
+    ) -> None:
+        now = self.now()
+        with self.store.unit() as u:
+            fresh = [r for r in records if r.get("id") and not u.audit_seen(str(r["id"]))]
+        # Name look-ups are HTTP calls: make them before opening the transaction.
+        for rec in fresh:
+            login = self._person_of(rec)
+            if login:
+                self._names(login)
+        with self.store.unit() as u:
+            row = u.event(ev.event_id)
+            incident = u.incident(ev.rec_id)
+            number = incident.incident_number if incident else 0
+            summary_changed = False
+            for rec in fresh:
+                audit_id = str(rec["id"])
+                if u.audit_seen(audit_id):
+                    continue
+                result.records += 1
+                note, assign, summary, counts = self._note_for(rec)
+                outbox_id = None
+                if note is not None:
+                    action = u.add_action(
+                        rec_id=ev.rec_id,
+                        incident_number=number,
+                        kind="note",
+                        payload={
+                            "note": note,
+                            "assign": assign,
+                            "audit": audit_id,
+                            "event": ev.event_id,
+                        },
+                        reason=f"xMatters {rec.get('type')} on event {ev.number or ev.event_id}",
+                        now=now,
+                        dedupe_key=f"audit:{audit_id}",
+                    )
+                    outbox_id = action.id
+                    result.notes += 1
+                if row is not None:
+                    self._count(row, rec, counts)
+                    summary_changed = summary_changed or counts
+                    if rec.get("type") == "EVENT_TERMINATED" and row.status != "TERMINATED":
+                        row.status = "TERMINATED"
+                        row.terminated_at = _at(rec) or now
+                    else:
+                        row.last_activity_at = now
+                u.add_audit(
+                    AuditSeen(
+                        audit_id=audit_id,
+                        event_id=ev.event_id,
+                        rec_id=ev.rec_id,
+                        type=str(rec.get("type")),
+                        at=_at(rec),
+                        handled_at=now,
+                        summary=summary,
+                        outbox_id=outbox_id,
+                    )
+                )
+            if row is not None:
+                row.polls += 1
+                row.last_polled_at = now
+                if summary_changed and self.cfg.delivery_notes == "summary":
+                    self._summary_note(u, row, number, now, result)
+
+    def _summary_note(
+        self, u: Unit, row: XmEvent, number: int, now: datetime, result: WritebackResult
+    ) -> None:
+        text = summary_note(
+            self.cfg.notes_prefix,
+            row.number or row.event_id[:8],
+            row.delivered,
+            row.failed,
+            row.responded,
+            limit=self.cfg.note_max_chars,
+        )
+        key = f"summary:{row.event_id}:{row.delivered}:{row.failed}:{row.responded}"
+        if u.has_dedupe_key(key):
+            return
+        u.add_action(
+            rec_id=row.rec_id,
+            incident_number=number,
+            kind="note",
+            payload={"note": text, "assign": None, "event": row.event_id},
+            reason=f"delivery summary for event {row.number or row.event_id}",
+            now=now,
+            dedupe_key=key,
+        )
+        result.notes += 1
+
+    @staticmethod
+    def _count(row: XmEvent, rec: Mapping[str, Any], counts: bool) -> None:
+        kind = rec.get("type")
+        if kind == "NOTIFICATION_DELIVERED":
+            row.delivered += 1
+        elif kind == "NOTIFICATION_FAILED":
+            row.failed += 1
+        elif kind == "RESPONSE_RECEIVED":
+            row.responded += 1
+
+    @staticmethod
+    def _person_of(rec: Mapping[str, Any]) -> str | None:
+        kind = rec.get("type")
+        if kind == "RESPONSE_RECEIVED":
+            target = _dig(rec, "response", "notification", "recipient", "targetName")
+        elif kind in ("NOTIFICATION_DELIVERED", "NOTIFICATION_FAILED"):
+            target = _dig(rec, "notification", "recipient", "targetName")
+        else:
+            return None
+        return split_target_name(str(target or ""))[0] or None
+
+    def _note_for(
+        self, rec: Mapping[str, Any]
+    ) -> tuple[str | None, dict[str, str] | None, str, bool]:
+        """(note text or None, assignment or None, one-line summary, counts toward delivery)."""
+        prefix = self.cfg.notes_prefix
+        limit = self.cfg.note_max_chars
+        kind = str(rec.get("type"))
+        if kind == "RESPONSE_RECEIVED":
+            resp = rec.get("response") or {}
+            target = str(_dig(resp, "notification", "recipient", "targetName") or "")
+            login, device = split_target_name(target)
+            first, last = self._names(login) if login else ("(unknown)", "")
+            text = str(resp.get("response") or _dig(resp, "option", "text") or "")
+            comment = resp.get("comment")
+            from daemon.notes import response_note
+
+            note = response_note(prefix, first, last, device, text, comment, limit=limit)
+            option_id = _dig(resp, "option", "id")
+            assign = None
+            if (
+                action_for(text, str(option_id) if option_id else None, self.cfg.response_actions)
+                is (ResponseAction.ASSIGN)
+                and login
+            ):
+                assign = {"owner": self.cfg.user_map.get(login, login), "status": "Active"}
+            return note, assign, f"{login} responded {text}", True
+        if kind == "EVENT_ANNOTATED":
+            ann = rec.get("annotation") or {}
+            author = ann.get("author") or {}
+            first = str(author.get("firstName") or author.get("targetName") or "(unknown)")
+            last = str(author.get("lastName") or "")
+            note = comment_note(prefix, first, last, str(ann.get("comment") or ""), limit=limit)
+            return note, None, f"{author.get('targetName')} commented", False
+        if kind in ("NOTIFICATION_DELIVERED", "NOTIFICATION_FAILED"):
+            notif = rec.get("notification") or {}
+            status = str(notif.get("deliveryStatus") or kind.removeprefix("NOTIFICATION_"))
+            target = str(_dig(notif, "recipient", "targetName") or "")
+            login, device = split_target_name(target)
+            summary = f"notification {status} to {target}"
+            mode = self.cfg.delivery_notes
+            if mode == "summary" or (mode == "failures" and kind != "NOTIFICATION_FAILED"):
+                return None, None, summary, True
+            first, last = self._names(login) if login else ("", "")
+            text_ = delivery_note(prefix, status, target, first, last, device, limit=limit)
+            return text_, None, summary, True
+        if kind == "EVENT_TERMINATED":
+            return None, None, "event terminated", False
+        return None, None, f"ignored {kind}", False
+
+
+def _dig(obj: Any, *keys: str) -> Any:
+    for k in keys:
+        if not isinstance(obj, Mapping):
+            return None
+        obj = obj.get(k)
+    return obj
+
+
+def _at(rec: Mapping[str, Any]) -> datetime | None:
+    value = rec.get("at")
+    if not isinstance(value, str):
+        return None
+    try:
+        return parse_utc(value)
+    except ValueError:
+        return None
