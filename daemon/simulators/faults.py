@@ -12,6 +12,9 @@ Kinds:
                  then drop the connection without acting
   drop_before    close the connection without acting and without answering
   drop_after     act (the change is made) then close the connection unanswered
+  stall_after    act, then wait ``delay`` seconds before answering (a crash test
+                 kills the client in that window: the peer acted, the client
+                 has not recorded it)
   malformed      act, then answer 200 with a body that is not JSON
   truncated      act, then answer with only the first half of the JSON body
 """
@@ -24,7 +27,14 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 FaultKind = Literal[
-    "status", "latency", "timeout", "drop_before", "drop_after", "malformed", "truncated"
+    "status",
+    "latency",
+    "timeout",
+    "drop_before",
+    "drop_after",
+    "stall_after",
+    "malformed",
+    "truncated",
 ]
 FAULT_KINDS: tuple[str, ...] = (
     "status",
@@ -32,6 +42,7 @@ FAULT_KINDS: tuple[str, ...] = (
     "timeout",
     "drop_before",
     "drop_after",
+    "stall_after",
     "malformed",
     "truncated",
 )

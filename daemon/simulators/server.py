@@ -342,6 +342,8 @@ class SimServer:
                 resp = self.error_response(exc.status, exc.message, **exc.extra)
         if fault is not None and fault.kind == "drop_after":
             raise _Drop()
+        if fault is not None and fault.kind == "stall_after":
+            time.sleep(fault.delay)
         return resp
 
     def _write(self, h: BaseHTTPRequestHandler, resp: Response, fault: Fault | None) -> None:
