@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
@@ -11,6 +12,7 @@ from collections.abc import Sequence
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+from daemon import ops
 from daemon.config import EX_CONFIG, ConfigError, Settings, load_settings
 from daemon.logs import setup_logging
 
@@ -90,12 +92,7 @@ def _parser() -> argparse.ArgumentParser:
     dbsub.add_parser("upgrade", help="apply pending migrations (the daemon also does it at start)")
     dbsub.add_parser("current", help="show the DB's revision and the newest one")
 
-    try:
-        from daemon import ops
-    except ImportError:  # pragma: no cover - ops commands ship with the package
-        ops = None  # type: ignore[assignment]
-    if ops is not None:
-        ops.add_commands(sub)
+    ops.add_commands(sub)
     return p
 
 
@@ -116,6 +113,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EX_CONFIG
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `ivanti-xmatters explain 123 | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -144,8 +144,6 @@ def _dispatch(args: argparse.Namespace) -> int:
         if cmd == "run":
             return _run(settings, dry_run=args.dry_run)
         return _once(settings, dry_run=args.dry_run, as_json=args.json)
-    from daemon import ops
-
     return ops.dispatch(args)
 
 

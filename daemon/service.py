@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -21,6 +22,7 @@ from daemon.config import Settings
 from daemon.deliverer import Deliverer, DeliveryConfig, DeliveryResult
 from daemon.ivanti import IvantiClient
 from daemon.logs import log_event
+from daemon.metrics import Metrics
 from daemon.notes import DEFAULT_RESPONSE_ACTIONS, parse_response_actions
 from daemon.poller import Poller, PollerConfig, PollResult
 from daemon.store import Store
@@ -95,6 +97,7 @@ class Service:
         self.ivanti = ivanti or build_ivanti(settings)
         self.xm = xmatters or build_xmatters(settings)
         self.lock = threading.Lock()
+        self.metrics = Metrics(now=now)
         self.last_poll_ok: datetime | None = None
         self.last_error: dict[str, str] = {}
         xs = settings.xmatters
@@ -162,11 +165,15 @@ class Service:
     def poll_job(self, *, dry_run: bool = False) -> PollResult:
         dry_run = dry_run or self.dry_run
         with self.lock:
+            t0 = time.monotonic()
             try:
                 result = self.poller.poll(dry_run=dry_run)
             except Exception as exc:
+                self.metrics.observe_cycle("poll", time.monotonic() - t0)
                 self._failed("ivanti", "poll", exc)
                 raise
+            if not dry_run:
+                self.metrics.observe_poll(result, time.monotonic() - t0)
             self.last_poll_ok = self.now()
             self.last_error.pop("ivanti", None)
             log_event(log, logging.INFO, f"{result.kind} done", dry_run=dry_run, **result.summary())
@@ -174,11 +181,14 @@ class Service:
 
     def reconcile_job(self) -> PollResult:
         with self.lock:
+            t0 = time.monotonic()
             try:
                 result = self.poller.reconcile()
             except Exception as exc:
+                self.metrics.observe_cycle("reconcile", time.monotonic() - t0)
                 self._failed("ivanti", "reconcile", exc)
                 raise
+            self.metrics.observe_poll(result, time.monotonic() - t0)
             log_event(log, logging.INFO, "reconcile done", **result.summary())
             return result
 
@@ -187,6 +197,9 @@ class Service:
             return DeliveryResult()
         with self.lock:
             result = self.deliverer.drain()
+            self.metrics.observe_delivery(result, self.store)
+            with self.store.unit() as u:
+                self.metrics.refresh_from_db(u)
             if result.attempted or result.deferred:
                 log_event(
                     log,
@@ -221,6 +234,7 @@ class Service:
             return result
 
     def _failed(self, api: str, job: str, exc: BaseException) -> None:
+        self.metrics.observe_error(api, exc)
         self.last_error[api] = f"{self.now().isoformat()} {exc}"
         log_event(log, logging.ERROR, f"{job} failed", error=str(exc))
 
@@ -283,6 +297,8 @@ class Service:
                 seconds=s.poll.reconcile_interval,
                 id="reconcile",
             )
+        if s.ops.metrics_port is not None:
+            self.metrics.serve(s.ops.metrics_addr, s.ops.metrics_port)
         scheduler.start()
         log_event(
             log,
@@ -334,6 +350,7 @@ class Service:
         return run
 
     def close(self) -> None:
+        self.metrics.close()
         try:
             self.ivanti.close()
         finally:

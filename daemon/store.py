@@ -488,3 +488,126 @@ class Unit:
     def audits_for(self, rec_id: str) -> list[AuditSeen]:
         q = select(AuditSeen).where(AuditSeen.rec_id == rec_id).order_by(AuditSeen.handled_at)
         return list(self.s.scalars(q))
+
+    # ----- read models for the ops CLI ----
+    def last_failed_cycle(self) -> Cycle | None:
+        """The newest poll/baseline/reconcile cycle that failed: Ivanti's last read error."""
+        q = select(Cycle).where(Cycle.ok.is_(False)).order_by(Cycle.id.desc()).limit(1)
+        return self.s.scalars(q).first()
+
+    def last_failed_attempt(self, kinds: Sequence[str]) -> tuple[Attempt, OutboxAction] | None:
+        """The newest attempt on actions of ``kinds`` that did not succeed, with its action."""
+        q = (
+            select(Attempt, OutboxAction)
+            .join(OutboxAction, OutboxAction.id == Attempt.outbox_id)
+            .where(
+                OutboxAction.kind.in_(list(kinds)),
+                Attempt.outcome.in_(("retry", "unknown", "dead")),
+            )
+            .order_by(Attempt.id.desc())
+            .limit(1)
+        )
+        row = self.s.execute(q).first()
+        return (row[0], row[1]) if row is not None else None
+
+    def live_event_counts(self) -> dict[str, int]:
+        """Live (not TERMINATED) xMatters events per RecId."""
+        q = (
+            select(XmEvent.rec_id, func.count())
+            .where(XmEvent.status != "TERMINATED")
+            .group_by(XmEvent.rec_id)
+        )
+        return {rec_id: int(n) for rec_id, n in self.s.execute(q)}
+
+    def incident_counts(self) -> dict[str, int]:
+        """Tracked (not deleted) incidents: total, open and alerting."""
+        base = select(func.count()).select_from(Incident).where(Incident.deleted.is_(False))
+        return {
+            "total": int(self.s.scalar(base) or 0),
+            "open": int(self.s.scalar(base.where(Incident.status_class == "open")) or 0),
+            "alerting": int(self.s.scalar(base.where(Incident.alerting.is_(True))) or 0),
+        }
+
+    def latest_changes(self, rec_ids: Iterable[str]) -> dict[str, Change]:
+        """The newest change row of each given incident."""
+        ids = list(set(rec_ids))
+        out: dict[str, Change] = {}
+        for i in range(0, len(ids), 500):
+            newest = (
+                select(func.max(Change.id))
+                .where(Change.rec_id.in_(ids[i : i + 500]))
+                .group_by(Change.rec_id)
+            )
+            for row in self.s.scalars(select(Change).where(Change.id.in_(newest))):
+                out[row.rec_id] = row
+        return out
+
+    def find_incidents(
+        self,
+        *,
+        status_class: str | None = None,
+        alerting: bool | None = None,
+        team: str | None = None,
+        priority: str | None = None,
+        limit: int = 50,
+    ) -> list[Incident]:
+        """Tracked incidents, newest IncidentNumber first; ``team`` compares case-blind."""
+        q = select(Incident)
+        if status_class is not None:
+            q = q.where(Incident.status_class == status_class)
+        if alerting is not None:
+            q = q.where(Incident.alerting.is_(alerting))
+        if team:
+            q = q.where(func.lower(Incident.owner_team) == team.strip().lower())
+        if priority:
+            q = q.where(Incident.priority == priority.strip())
+        q = q.order_by(Incident.incident_number.desc()).limit(limit)
+        return list(self.s.scalars(q))
+
+    def find_incident(self, ref: str) -> Incident | None:
+        """By IncidentNumber (all digits) or RecId (any letter case)."""
+        text = ref.strip()
+        if text.isdigit():
+            q = (
+                select(Incident)
+                .where(Incident.incident_number == int(text))
+                .order_by(Incident.updated_at.desc())
+            )
+            row = self.s.scalars(q).first()
+            if row is not None:
+                return row
+        q = select(Incident).where(func.upper(Incident.rec_id) == text.upper())
+        return self.s.scalars(q).first()
+
+    def attempts_by_action(self, action_ids: Iterable[int]) -> dict[int, list[Attempt]]:
+        """Attempts of the given actions, oldest first, keyed by action id."""
+        ids = list(set(action_ids))
+        out: dict[int, list[Attempt]] = {}
+        for i in range(0, len(ids), 500):
+            q = select(Attempt).where(Attempt.outbox_id.in_(ids[i : i + 500])).order_by(Attempt.id)
+            for row in self.s.scalars(q):
+                out.setdefault(row.outbox_id, []).append(row)
+        return out
+
+    def actions_with_last_attempt(
+        self, action_ids: Iterable[int]
+    ) -> list[tuple[OutboxAction, Attempt | None]]:
+        """Each given action with its newest attempt (for metrics on a delivery round)."""
+        ids = list(set(action_ids))
+        out: list[tuple[OutboxAction, Attempt | None]] = []
+        for i in range(0, len(ids), 500):
+            chunk = ids[i : i + 500]
+            newest = (
+                select(func.max(Attempt.id))
+                .where(Attempt.outbox_id.in_(chunk))
+                .group_by(Attempt.outbox_id)
+            )
+            last = {
+                a.outbox_id: a
+                for a in self.s.scalars(select(Attempt).where(Attempt.id.in_(newest)))
+            }
+            actions = self.s.scalars(
+                select(OutboxAction).where(OutboxAction.id.in_(chunk)).order_by(OutboxAction.id)
+            )
+            out += [(a, last.get(a.id)) for a in actions]
+        return out
