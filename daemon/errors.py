@@ -20,6 +20,7 @@ so both clients classify identically.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
@@ -221,3 +222,31 @@ def status_error(
     if status == 404 and not_found_on_404:
         return NotFound(*args, status=status, code=code)
     return PermanentError(*args, status=status, code=code)
+
+
+def response_error(
+    service: str,
+    operation: str,
+    status: int,
+    headers: Mapping[str, str],
+    *,
+    code: str | None,
+    detail: str,
+    idempotent: bool,
+    not_found_on_404: bool = True,
+) -> ApiError:
+    """``status_error`` for an HTTP answer, taking Retry-After (seconds or a date,
+    measured against the answer's own Date header) from its headers."""
+    retry_after = parse_retry_after(
+        headers.get("Retry-After"), now=parse_http_date(headers.get("Date"))
+    )
+    return status_error(
+        service,
+        operation,
+        status,
+        code=code,
+        detail=detail,
+        idempotent=idempotent,
+        retry_after=retry_after,
+        not_found_on_404=not_found_on_404,
+    )

@@ -48,8 +48,7 @@ from daemon.errors import (
     OutcomeUnknown,
     TransientError,
     parse_http_date,
-    parse_retry_after,
-    status_error,
+    response_error,
     transport_error,
 )
 from daemon.redact import redact, register_secret
@@ -389,18 +388,14 @@ class IvantiClient:
             detail = f"unexpected redirect to {location}: check IVANTI_BASE_URL"
         elif status == 404:
             detail = f"{detail} (check IVANTI_BASE_URL; on-premises installs use a /HEAT prefix)"
-        retry_after = parse_retry_after(
-            response.headers.get("Retry-After"),
-            now=parse_http_date(response.headers.get("Date")),
-        )
-        return status_error(
+        return response_error(
             SERVICE,
             operation,
             status,
+            response.headers,
             code=code,
             detail=detail,
             idempotent=idempotent,
-            retry_after=retry_after,
             not_found_on_404=False,
         )
 

@@ -47,9 +47,7 @@ from daemon.errors import (
     OutcomeUnknown,
     PermanentError,
     TransientError,
-    parse_http_date,
-    parse_retry_after,
-    status_error,
+    response_error,
     transport_error,
 )
 from daemon.ratelimit import RateLimiter
@@ -397,18 +395,14 @@ class XMattersClient:
             detail = f"unexpected redirect to {location}: check the xMatters URL"
         elif status == 403:
             detail = f"{detail} (the xMatters user lacks permission for this call)"
-        retry_after = parse_retry_after(
-            response.headers.get("Retry-After"),
-            now=parse_http_date(response.headers.get("Date")),
-        )
-        return status_error(
+        return response_error(
             SERVICE,
             operation,
             status,
+            response.headers,
             code=code,
             detail=detail,
             idempotent=idempotent,
-            retry_after=retry_after,
         )
 
     @staticmethod
