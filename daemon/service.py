@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -315,8 +316,9 @@ class Service:
         try:
             while not stop.wait(timeout=systemd.watchdog_period(default=5.0)):
                 healthy_since = self.last_poll_ok or started
-                if self.last_poll_ok is not None and not ready:
+                if not ready and self.last_poll_ok is not None and self._xmatters_answers():
                     systemd.notify("READY=1\nSTATUS=polling")
+                    log_event(log, logging.INFO, "ready: state DB migrated, both APIs answered")
                     ready = True
                 if self.now() - healthy_since <= deadman:
                     systemd.notify("WATCHDOG=1")
@@ -337,6 +339,20 @@ class Service:
             log_event(log, logging.INFO, "stopping: finishing the current step")
             scheduler.shutdown(wait=True)
             log_event(log, logging.INFO, "stopped")
+
+    def _xmatters_answers(self) -> bool:
+        """Part of readiness: one cheap REST call (a search for a random requestId, which
+        matches nothing). Without REST credentials the trigger is the only xMatters call,
+        and it is not probed: a trigger POST would create an alert."""
+        xs = self.settings.xmatters
+        if xs is None or not xs.base_url or xs.auth == "none":
+            return True
+        try:
+            self.xm.find_events(request_id=str(uuid.uuid4()), limit=1)
+        except Exception as exc:
+            self._failed("xmatters", "readiness check", exc)
+            return False
+        return True
 
     @staticmethod
     def _safe(job: Callable[..., Any]) -> Callable[[], None]:
