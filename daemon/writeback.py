@@ -14,11 +14,16 @@ Each cycle the daemon
 Responses whose configured action is ``assign`` ("Assign to me" by default) also
 set Owner (through ``user_map`` when xMatters and Ivanti names differ) and
 Status=Active in the same write as their note.
+
+Open question in the reference (xmatters-api.md §9.6): whether a RESPONSE_RECEIVED
+record names the chosen option as ``response.option`` (an object) or
+``response.options.data`` (a list). Both are read; see ``_chosen_option``.
 """
 
 from __future__ import annotations
 
 import logging
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -35,6 +40,7 @@ from daemon.notes import (
     action_for,
     comment_note,
     delivery_note,
+    response_note,
     split_target_name,
     summary_note,
 )
@@ -161,16 +167,28 @@ class WriteBack:
                     result.discovered += 1
 
     def _events_due(self) -> list[_Event]:
+        """The events to read this cycle, oldest first: an incident's notes are queued in
+        that order, so those of a superseded event come before its successor's."""
         now = self.now()
         due: list[_Event] = []
         with self.store.unit() as u:
-            for ev in u.events_to_poll(now, self.cfg.grace):
-                if (
-                    self._busy(ev, now)
-                    or (self._cycle + ev.polls) % max(1, self.cfg.quiet_poll_every) == 0
-                ):
+            events = sorted(
+                u.events_to_poll(now, self.cfg.grace), key=lambda e: (e.created_at, e.event_id)
+            )
+            for ev in events:
+                if self._busy(ev, now) or self._quiet_turn(ev.event_id):
                     due.append(_Event(ev.event_id, ev.rec_id, ev.number))
         return due
+
+    def _quiet_turn(self, event_id: str) -> bool:
+        """Whether a quiet event is read this cycle: every ``quiet_poll_every``-th cycle.
+
+        Each event has a fixed phase taken from its id, so quiet events are spread over
+        the cycles instead of all being read in the same one. (A phase that moved with
+        the event's poll count would shorten the period by one.)
+        """
+        every = max(1, self.cfg.quiet_poll_every)
+        return (self._cycle + zlib.crc32(event_id.encode())) % every == 0
 
     def _busy(self, ev: XmEvent, now: datetime) -> bool:
         recent = max(
@@ -205,11 +223,10 @@ class WriteBack:
         now = self.now()
         with self.store.unit() as u:
             fresh = [r for r in records if r.get("id") and not u.audit_seen(str(r["id"]))]
-        # Name look-ups are HTTP calls: make them before opening the transaction.
-        for rec in fresh:
-            login = self._person_of(rec)
-            if login:
-                self._names(login)
+        # Name look-ups are HTTP calls: make them all before opening the transaction, so
+        # no request is ever made while the state DB is locked for writing.
+        logins = {login for login in map(self._person_of, fresh) if login}
+        names = {login: self._names(login) for login in logins}
         with self.store.unit() as u:
             row = u.event(ev.event_id)
             incident = u.incident(ev.rec_id)
@@ -220,7 +237,7 @@ class WriteBack:
                 if u.audit_seen(audit_id):
                     continue
                 result.records += 1
-                note, assign, summary, counts = self._note_for(rec)
+                note, assign, summary, counts = self._note_for(rec, names)
                 outbox_id = None
                 if note is not None:
                     action = u.add_action(
@@ -240,13 +257,15 @@ class WriteBack:
                     outbox_id = action.id
                     result.notes += 1
                 if row is not None:
-                    self._count(row, rec, counts)
+                    self._count(row, rec)
                     summary_changed = summary_changed or counts
-                    if rec.get("type") == "EVENT_TERMINATED" and row.status != "TERMINATED":
+                    if rec.get("type") != "EVENT_TERMINATED":
+                        row.last_activity_at = now
+                    elif row.status != "TERMINATED":
+                        # Ended in xMatters (a person, or a newer event of the workflow):
+                        # the grace period runs from when it happened.
                         row.status = "TERMINATED"
                         row.terminated_at = _at(rec) or now
-                    else:
-                        row.last_activity_at = now
                 u.add_audit(
                     AuditSeen(
                         audit_id=audit_id,
@@ -291,7 +310,7 @@ class WriteBack:
         result.notes += 1
 
     @staticmethod
-    def _count(row: XmEvent, rec: Mapping[str, Any], counts: bool) -> None:
+    def _count(row: XmEvent, rec: Mapping[str, Any]) -> None:
         kind = rec.get("type")
         if kind == "NOTIFICATION_DELIVERED":
             row.delivered += 1
@@ -300,21 +319,48 @@ class WriteBack:
         elif kind == "RESPONSE_RECEIVED":
             row.responded += 1
 
-    @staticmethod
-    def _person_of(rec: Mapping[str, Any]) -> str | None:
+    def _person_of(self, rec: Mapping[str, Any]) -> str | None:
+        """The login whose first and last name the record's note shows, if any.
+
+        FAILED notes name the raw target (as the original does) and delivery notes that
+        ``delivery_notes`` suppresses are never written: neither costs a /people request.
+        """
         kind = rec.get("type")
         if kind == "RESPONSE_RECEIVED":
             target = _dig(rec, "response", "notification", "recipient", "targetName")
-        elif kind in ("NOTIFICATION_DELIVERED", "NOTIFICATION_FAILED"):
+        elif kind == "NOTIFICATION_DELIVERED" and self.cfg.delivery_notes == "all":
             target = _dig(rec, "notification", "recipient", "targetName")
         else:
             return None
         return split_target_name(str(target or ""))[0] or None
 
+    def _ivanti_login(self, login: str) -> str:
+        """The Ivanti login for an xMatters person, through ``user_map``.
+
+        xMatters compares targetNames without regard to case, so the map's keys do too
+        (an exact match wins over a case-blind one).
+        """
+        if login in self.cfg.user_map:
+            return self.cfg.user_map[login]
+        folded = login.casefold()
+        for name, ivanti_login in self.cfg.user_map.items():
+            if name.casefold() == folded:
+                return ivanti_login
+        return login
+
     def _note_for(
-        self, rec: Mapping[str, Any]
+        self, rec: Mapping[str, Any], names: Mapping[str, tuple[str, str]]
     ) -> tuple[str | None, dict[str, str] | None, str, bool]:
-        """(note text or None, assignment or None, one-line summary, counts toward delivery)."""
+        """(note text or None, assignment or None, one-line summary, changes the delivery
+        summary).
+
+        Only delivery records make a new summary note: a response has a note of its own,
+        and a summary after it too would make "summary" noisier than "all". Responses
+        are still counted, and shown in the next summary.
+
+        ``names`` holds (first, last) of the people ``_person_of`` named, looked up
+        beforehand; a login missing from it shows as the login itself.
+        """
         prefix = self.cfg.notes_prefix
         limit = self.cfg.note_max_chars
         kind = str(rec.get("type"))
@@ -322,21 +368,27 @@ class WriteBack:
             resp = rec.get("response") or {}
             target = str(_dig(resp, "notification", "recipient", "targetName") or "")
             login, device = split_target_name(target)
-            first, last = self._names(login) if login else ("(unknown)", "")
-            text = str(resp.get("response") or _dig(resp, "option", "text") or "")
+            first, last = names.get(login, (login, "")) if login else ("(unknown)", "")
+            option = _chosen_option(resp)
+            text = str(resp.get("response") or option.get("text") or "")
             comment = resp.get("comment")
-            from daemon.notes import response_note
-
-            note = response_note(prefix, first, last, device, text, comment, limit=limit)
-            option_id = _dig(resp, "option", "id")
+            note = response_note(
+                prefix,
+                first,
+                last,
+                device,
+                text,
+                None if comment is None else str(comment),
+                limit=limit,
+            )
+            option_id = option.get("id")
             assign = None
-            if (
-                action_for(text, str(option_id) if option_id else None, self.cfg.response_actions)
-                is (ResponseAction.ASSIGN)
-                and login
-            ):
-                assign = {"owner": self.cfg.user_map.get(login, login), "status": "Active"}
-            return note, assign, f"{login} responded {text}", True
+            action = action_for(
+                text, str(option_id) if option_id else None, self.cfg.response_actions
+            )
+            if action is ResponseAction.ASSIGN and login:
+                assign = {"owner": self._ivanti_login(login), "status": "Active"}
+            return note, assign, f"{login} responded {text}", False
         if kind == "EVENT_ANNOTATED":
             ann = rec.get("annotation") or {}
             author = ann.get("author") or {}
@@ -353,12 +405,26 @@ class WriteBack:
             mode = self.cfg.delivery_notes
             if mode == "summary" or (mode == "failures" and kind != "NOTIFICATION_FAILED"):
                 return None, None, summary, True
-            first, last = self._names(login) if login else ("", "")
+            first, last = names.get(login, (login, "")) if login else ("", "")
             text_ = delivery_note(prefix, status, target, first, last, device, limit=limit)
             return text_, None, summary, True
         if kind == "EVENT_TERMINATED":
             return None, None, "event terminated", False
         return None, None, f"ignored {kind}", False
+
+
+def _chosen_option(resp: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The response option chosen: ``option`` (an object) or the first of ``options.data``
+    (or of a bare ``options`` list); the reference cannot say which one xMatters sends."""
+    option = resp.get("option")
+    if isinstance(option, Mapping):
+        return option
+    options = resp.get("options")
+    if isinstance(options, Mapping):
+        options = options.get("data")
+    if isinstance(options, list) and options and isinstance(options[0], Mapping):
+        return options[0]
+    return {}
 
 
 def _dig(obj: Any, *keys: str) -> Any:
