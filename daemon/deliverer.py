@@ -41,8 +41,46 @@ log = logging.getLogger("daemon.deliverer")
 LIVE = ("ACTIVE", "SUSPENDED")
 
 
+# Maximum lengths of the original xMatters form "Incident" properties (reference
+# original-workflow.md, "Form properties and limits"). xMatters rejects a longer value
+# with a 400 (form trigger) or fails the flow's Create Alert step after answering 202
+# (workflow trigger): either way nobody would be paged.
+FORM_LIMITS: Mapping[str, int] = {
+    "Category": 100,
+    "Description": 2000,
+    "IncidentID": 100,
+    "Owner": 100,
+    "OwnerTeam": 100,
+    "Phone": 30,
+    "RecId": 100,
+    "RequestedBy": 100,
+    "Status": 100,
+    "Summary": 255,
+    "Type": 100,
+}
+FORM_TRUNCATION_MARKER = "…[truncated]"
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def fit_form_limits(properties: Mapping[str, Any]) -> dict[str, Any]:
+    """The properties with each over-long value cut to the form's maximum, marked.
+
+    Truncating beats refusing: a page whose Summary lost its tail still reaches the
+    on-call person, who can read the whole incident in Ivanti; a refused one reaches
+    nobody. The marker makes the cut visible. Only properties with a documented
+    limit are cut; identifiers (Owner, OwnerTeam, RecId) are in the table too, though
+    no real one comes near 100 characters.
+    """
+    out = dict(properties)
+    for name, limit in FORM_LIMITS.items():
+        value = out.get(name)
+        if isinstance(value, str) and len(value) > limit:
+            keep = max(0, limit - len(FORM_TRUNCATION_MARKER))
+            out[name] = value[:keep] + FORM_TRUNCATION_MARKER
+    return out
 
 
 @dataclass(frozen=True)
@@ -107,16 +145,33 @@ class Deliverer:
         self.notes_prefix = notes_prefix
         self.now = now
         self.rng = rng or random.Random()
+        self._last_round: datetime | None = None
 
     # ----- public ------------------------------------------------------------------------
     def run_once(self, *, max_actions: int = 200) -> DeliveryResult:
         """Try every due head of the outbox once."""
         result = DeliveryResult()
+        now = self.now()
+        if self._last_round is None or now < self._last_round:
+            self._reschedule_future(now)
+        self._last_round = now
         with self.store.unit() as u:
-            heads = [h.action.id for h in u.heads(self.now(), limit=max_actions)]
+            heads = [h.action.id for h in u.heads(now, limit=max_actions)]
         for action_id in heads:
             self._deliver(action_id, result)
         return result
+
+    def _reschedule_future(self, now: datetime) -> None:
+        """At start and whenever the clock went back: make due now any pending action
+        scheduled further ahead than this deliverer ever schedules (the longest backoff
+        or a flood-control wait). Such a time was computed from a clock that has since
+        been set back, and the action would otherwise sit idle for the difference."""
+        horizon = now + timedelta(seconds=max(self.cfg.backoff_max, 60.0) + 1)
+        with self.store.unit() as u:
+            for action in u.outbox(["pending"], limit=1_000_000):
+                if action.next_attempt_at > horizon:
+                    action.next_attempt_at = now
+                    action.updated_at = now
 
     def drain(self, *, max_rounds: int = 50) -> DeliveryResult:
         """Deliver until nothing more is due now (used by ``once`` and the demo)."""
@@ -223,7 +278,11 @@ class Deliverer:
         if not action.recipient or action.sent_at is not None:
             return None
         limit = self.cfg.flood_limit_per_min
-        sent = u.pages_sent_since(action.recipient, now - timedelta(seconds=60))
+        # Sends stamped after `now` happened before the clock was set back: xMatters
+        # counts its own trailing minute, which does not include them.
+        sent = [
+            t for t in u.pages_sent_since(action.recipient, now - timedelta(seconds=60)) if t <= now
+        ]
         if len(sent) < limit:
             return None
         return sent[-limit] + timedelta(seconds=60, milliseconds=10)
@@ -242,7 +301,7 @@ class Deliverer:
         if kind == "page":
             return self._page(rec_id, payload, unknown, request_id, known_events)
         if kind == "terminate":
-            return self._terminate(rec_id, payload)
+            return self._terminate(rec_id, payload, unknown)
         if kind == "note":
             return self._note(rec_id, payload, unknown, done_same_notes)
         raise PermanentError("daemon", kind, f"unknown action kind {kind!r}")
@@ -285,14 +344,33 @@ class Deliverer:
             body = self._form_body(payload)
             rid = xm.trigger(body, url=self.cfg.form_trigger_url)
         else:
-            rid = xm.trigger(payload["workflow"])
-        events = xm.find_events(request_id=rid)
+            rid = xm.trigger(fit_form_limits(payload["workflow"]))
+        events = self._events_of_request(rid)
         summary = f"triggered {payload.get('type')} (requestId {rid})"
         if events:
             summary += "; event " + ", ".join(str(e.get("id")) for e in events)
         else:
             summary += "; event not visible yet (looked up again by the write-back job)"
         return _Outcome(summary, request_id=rid, events=events, terminated_all=True)
+
+    def _events_of_request(self, request_id: str) -> list[dict[str, Any]]:
+        """The events of an accepted trigger, or [] when the look-up fails.
+
+        The trigger was accepted: the page has happened. Failing the action now
+        would re-send it on the next try (a second event), so a failed look-up only
+        leaves the event id for the write-back job's discovery to learn later.
+        """
+        try:
+            return self._require_xm().find_events(request_id=request_id)
+        except ApiError as exc:
+            log_event(
+                log,
+                logging.WARNING,
+                "trigger accepted but its event could not be looked up (found later)",
+                request_id=request_id,
+                error=str(exc),
+            )
+            return []
 
     def _landed(
         self, rec_id: str, request_id: str | None, known_events: set[str]
@@ -327,19 +405,26 @@ class Deliverer:
             else self.cfg.group_response_options
         )
         return {
-            "properties": dict(payload["workflow"]),
+            "properties": fit_form_limits(payload["workflow"]),
             "recipients": [recipient],
             "responseOptions": [{"id": o} for o in options],
             "priority": self.cfg.event_priority,
         }
 
-    def _terminate(self, rec_id: str, payload: dict[str, Any]) -> _Outcome:
+    def _terminate(self, rec_id: str, payload: dict[str, Any], unknown: bool) -> _Outcome:
         xm = self._require_xm()
         if self.cfg.mode == "direct":
             live = self._live_events(rec_id)
             for ev in live:
                 xm.terminate_event(str(ev["id"]))
             return _Outcome(f"terminated {len(live)} live event(s)", terminated_all=True)
+        if unknown and not self._live_events(rec_id):
+            # The earlier Terminate trigger may have run: nothing of the incident is
+            # live any more, so sending it again would only be a second request.
+            return _Outcome(
+                "earlier attempt had landed (no live event left); not re-sent",
+                terminated_all=True,
+            )
         rid = xm.trigger(payload["workflow"])
         return _Outcome(
             f"sent Terminate for {payload.get('type')} (requestId {rid})",
@@ -517,7 +602,11 @@ class Deliverer:
                 return
             unknown = isinstance(exc, OutcomeUnknown)
             attempt.outcome = "unknown" if unknown else "retry"
-            action.outcome = "unknown" if unknown else "retrying"
+            # An earlier unknown outcome stays unknown until a check settles it: if the
+            # check itself failed (e.g. the event look-up timed out), the next try must
+            # look again rather than re-send blindly.
+            still_unknown = unknown or action.outcome == "unknown"
+            action.outcome = "unknown" if still_unknown else "retrying"
             delay = self._backoff(action.attempts, getattr(exc, "retry_after", None))
             action.next_attempt_at = now + timedelta(seconds=delay)
             result.retried.append(action_id)

@@ -14,9 +14,19 @@ Reading changes (``Poller.poll``)
 The watermark
     comes from server values only: after a cycle it is
     ``min(newest LastModDateTime seen, server Date of the first page - overlap)``,
-    never moving backwards. So each cycle re-reads the last ``overlap`` seconds,
-    catching rows committed late with an older LastModDateTime; the re-read rows
-    cost requests but never transitions.
+    never moving backwards, with one exception: when the server's Date shows its
+    clock went back behind the watermark, the poll re-reads from the server's time
+    and the watermark follows it back, because every change saved since carries a
+    LastModDateTime behind the old watermark. So each cycle re-reads the last
+    ``overlap`` seconds, catching rows committed late with an older
+    LastModDateTime; the re-read rows cost requests but never transitions.
+
+Which rows are new
+    A row counts as seen when both its LastModDateTime and its content match the
+    stored snapshot: Ivanti keeps whole seconds, so an edit in the same second as
+    the daemon's last read carries the same LastModDateTime yet is a new version.
+    A row served with a LastModDateTime *older* than the stored one is new too:
+    Ivanti serves only current records, so that means its clock was set back.
 
 The reconcile sweep (``Poller.reconcile``)
     re-reads every open incident in scope (keyset on IncidentNumber) and
@@ -127,21 +137,46 @@ class Poller:
         result = PollResult(kind="poll", watermark_before=watermark)
         cycle_id = self._start_cycle("poll", raw_wm, dry_run)
         result.cycle_id = cycle_id
-        first_date: datetime | None = None
-        newest: datetime | None = None
         try:
-            for page in self._read_changes(watermark, result):
-                if first_date is None:
-                    first_date = page.server_date
-                for snap in self._commit_page(page.rows, result, "poll", False, dry_run):
-                    if newest is None or snap.last_mod > newest:
-                        newest = snap.last_mod
-            result.watermark_after = self._next_watermark(watermark, newest, first_date)
+            newest, first_date = self._read_and_commit(watermark, result, dry_run)
+            lower = watermark
+            if first_date is not None and _floor(first_date) - self.cfg.overlap < watermark:
+                # Ivanti's clock went back: changes saved since carry LastModDateTimes
+                # behind the watermark, and the read just made cannot see them. Read
+                # again from the server's own time (rows seen already are skipped).
+                lower = _floor(first_date) - self.cfg.overlap
+                log_event(
+                    log,
+                    logging.WARNING,
+                    "Ivanti's clock is behind the poll cursor (set back?); re-reading from "
+                    "its current time",
+                    watermark=iso_utc(watermark),
+                    server_date=iso_utc(first_date),
+                )
+                again, _ = self._read_and_commit(lower, result, dry_run)
+                if again is not None and (newest is None or again > newest):
+                    newest = again
+            result.watermark_after = self._next_watermark(lower, newest, first_date)
             self._finish_cycle(result, dry_run, ok=True)
         except Exception as exc:
             self._finish_cycle(result, dry_run, ok=False, error=exc)
             raise
         return result
+
+    def _read_and_commit(
+        self, lower: datetime, result: PollResult, dry_run: bool
+    ) -> tuple[datetime | None, datetime | None]:
+        """Read and commit every change from ``lower`` on: (newest LastModDateTime seen,
+        server Date of the first page)."""
+        first_date: datetime | None = None
+        newest: datetime | None = None
+        for page in self._read_changes(lower, result):
+            if first_date is None:
+                first_date = page.server_date
+            for snap in self._commit_page(page.rows, result, "poll", False, dry_run):
+                if newest is None or snap.last_mod > newest:
+                    newest = snap.last_mod
+        return newest, first_date
 
     def reconcile(self, *, dry_run: bool = False, baseline: bool = False) -> PollResult:
         """Re-read every open incident in scope and fix drift (level-triggered)."""
@@ -349,9 +384,27 @@ class Poller:
             stored = u.incidents(s.rec_id for s in snaps)
             for snap in snaps:
                 row = stored.get(snap.rec_id)
-                if row is not None and not row.deleted and row.last_mod >= snap.last_mod:
+                if (
+                    row is not None
+                    and not row.deleted
+                    and row.last_mod == snap.last_mod
+                    and (Unit.snapshot_of(row) == snap or _assignment_in_flight(u, snap.rec_id))
+                ):
                     processed.append(snap)
-                    continue  # seen at this LastModDateTime already (overlap re-read)
+                    continue  # seen as it is already (overlap re-read)
+                if row is not None and not row.deleted and snap.last_mod < row.last_mod:
+                    # Ivanti serves only a record's current version, so an older
+                    # LastModDateTime means its clock was set back, not a stale read:
+                    # skipping it would lose the change until the clock caught up.
+                    log_event(
+                        log,
+                        logging.WARNING,
+                        "incident's LastModDateTime went backwards (Ivanti's clock set "
+                        "back?); taking the version Ivanti serves now",
+                        rec_id=snap.rec_id,
+                        stored=iso_utc(row.last_mod),
+                        served=iso_utc(snap.last_mod),
+                    )
                 prev = None if row is None or row.deleted else Unit.snapshot_of(row)
                 verdict = decide(
                     prev,
@@ -509,6 +562,20 @@ class Poller:
                 if result.kind in ("baseline", "reconcile"):
                     u.set_state(LAST_RECONCILE, iso_utc(now), now)
                 u.set_state(f"last_ok_{result.kind}", iso_utc(now), now)
+
+
+def _assignment_in_flight(u: Unit, rec_id: str) -> bool:
+    """Whether an Owner/Status write of the daemon's own is pending for the incident.
+
+    The deliverer records such a write on the stored snapshot *before* sending it
+    (so it is never read back as a transition). Until Ivanti has applied it, the
+    served record differs from the stored snapshot at the same LastModDateTime;
+    that difference is the daemon's own pending write, not a person's edit.
+    """
+    return any(
+        a.state == "pending" and a.kind == "note" and (a.payload or {}).get("assign")
+        for a in u.outbox_for(rec_id)
+    )
 
 
 def _recipient_key(recipient: object) -> str | None:

@@ -1,0 +1,198 @@
+"""Paging edge cases: ties on LastModDateTime, edits while the daemon pages, an outage
+of hours followed by catch-up, and a first start on a large tenant."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from datetime import datetime, timedelta
+
+import pytest
+from sqlalchemy import select
+
+from daemon.models import Change, Incident
+from daemon.simulators.harness import SimPair
+from daemon.timeutil import parse_utc
+from tests.conftest import MakeService
+from tests.e2e.test_faults import (
+    IVANTI_QUERY,
+    change_counts,
+    on_query,
+    settle,
+    started,
+    trigger_log,
+)
+
+pytestmark = pytest.mark.e2e
+
+NET = "Network Operations"
+DB = "Database Team"
+DESK = "Service Desk"
+
+
+def test_300_changes_sharing_one_lastmoddatetime(sims: SimPair, make_service: MakeService) -> None:
+    svc = started(make_service, sims)
+    recs = sims.ivanti.bulk_create(300, Priority="3", OwnerTeam=NET)
+    stamps = {sims.ivanti.incident(r)["LastModDateTime"] for r in recs[::50]}
+    assert len(stamps) == 1
+    report = svc.cycle()
+    assert report.ok, report.error
+    assert change_counts(svc) == {r: 1 for r in recs}
+    # a page of 100 all in one second; that second drained by RecId (100, 100, 100, 0);
+    # then the seconds after it (none)
+    assert report.poll is not None and report.poll.requests == 1 + 4 + 1
+    sims.clock.advance(30)
+    again = svc.cycle()  # the overlap re-reads them all: no change recorded twice
+    assert again.ok and again.poll is not None and again.poll.changes == 0
+    assert change_counts(svc) == {r: 1 for r in recs}
+    assert trigger_log(sims) == []
+
+
+def test_tie_straddling_page_edges(sims: SimPair, make_service: MakeService) -> None:
+    """50 rows in one second, 300 in the next, 50 in the one after: pages cut across
+    the seconds, and the big second is drained on its own."""
+    svc = started(make_service, sims)
+    before = sims.ivanti.bulk_create(50, Priority="4")
+    sims.clock.advance(1)
+    tie = sims.ivanti.bulk_create(300, Priority="4")
+    sims.clock.advance(1)
+    after = sims.ivanti.bulk_create(49, Priority="4")
+    critical = sims.ivanti.create_incident(Priority="1", OwnerTeam=DB)["RecId"]
+    report = svc.cycle()
+    assert report.ok, report.error
+    assert change_counts(svc) == {r: 1 for r in [*before, *tie, *after, critical]}
+    assert trigger_log(sims) == [(critical, "New Incident", "created")]
+
+
+def test_edit_in_the_same_second_as_the_read(sims: SimPair, make_service: MakeService) -> None:
+    """Ivanti keeps whole seconds: an edit in the second the daemon last read the
+    incident carries the same LastModDateTime, yet it is a new version."""
+    svc = started(make_service, sims)
+    rec = sims.ivanti.create_incident(Priority="3", OwnerTeam=NET)["RecId"]
+    svc.cycle()
+    sims.ivanti.edit_incident(rec, Priority="1")  # same (frozen) second
+    svc.cycle()
+    assert trigger_log(sims) == [(rec, "Priority Upgrade", "created")]
+    svc.cycle()
+    assert trigger_log(sims) == [(rec, "Priority Upgrade", "created")]
+    assert change_counts(svc) == {rec: 2}
+
+
+def test_incidents_edited_while_the_daemon_pages(sims: SimPair, make_service: MakeService) -> None:
+    svc = started(make_service, sims, IXM_PAGE_SIZE="10")
+    recs = []
+    for _ in range(35):
+        recs.append(sims.ivanti.create_incident(Priority="3", OwnerTeam=NET)["RecId"])
+        sims.clock.advance(1)
+    read_early, read_late = recs[3], recs[28]
+    created_mid: list[str] = []
+
+    def hook(n: int) -> None:
+        if n == 2:  # page 1 has been read, pages 2-4 not yet
+            sims.clock.advance(1)
+            sims.ivanti.edit_incident(read_early, Priority="1")
+            sims.ivanti.edit_incident(read_late, OwnerTeam=DB, Priority="2")
+            created_mid.append(sims.ivanti.create_incident(Priority="2", OwnerTeam=DESK)["RecId"])
+
+    on_query(svc, hook)
+    report = svc.cycle()
+    assert report.ok, report.error
+    sims.clock.advance(30)
+    settle(svc, sims)
+    (mid,) = created_mid
+    assert sorted(trigger_log(sims)) == sorted(
+        [
+            (read_early, "Priority Upgrade", "created"),
+            (read_late, "New Incident", "created"),  # first seen already critical
+            (mid, "New Incident", "created"),
+        ]
+    )
+    expected = {r: 1 for r in recs} | {read_early: 2, mid: 1}
+    assert change_counts(svc) == expected
+
+
+def test_outage_of_hours_then_catch_up(sims: SimPair, make_service: MakeService) -> None:
+    """Ivanti answers 503 for three hours while people keep working. When it is back,
+    the daemon pages the CURRENT state once, replays nothing stale, and keeps within
+    xMatters' flood control."""
+    svc = started(make_service, sims)
+    up_then_resolved = sims.ivanti.create_incident(Priority="3", OwnerTeam=NET)["RecId"]
+    flapping = sims.ivanti.create_incident(Priority="1", OwnerTeam=NET)["RecId"]
+    moved = sims.ivanti.create_incident(Priority="2", OwnerTeam=NET)["RecId"]
+    ended = sims.ivanti.create_incident(Priority="1", OwnerTeam=DB)["RecId"]
+    quiet = sims.ivanti.create_incident(Priority="4", OwnerTeam=DB)["RecId"]
+    settle(svc, sims)
+    assert sorted(trigger_log(sims)) == sorted(
+        (r, "New Incident", "created") for r in (flapping, moved, ended)
+    )
+    baseline_triggers = len(trigger_log(sims))
+
+    outage = sims.ivanti.faults.inject("status", IVANTI_QUERY, method="GET", status=503, times=0)
+    born: list[str] = []
+    for step in range(36):  # 36 failed polls over three hours
+        sims.clock.advance(300)
+        if step == 2:
+            sims.ivanti.edit_incident(up_then_resolved, Priority="1")
+        if step == 9:
+            sims.ivanti.edit_incident(up_then_resolved, Status="Resolved")
+        if step in (4, 20):
+            sims.ivanti.edit_incident(flapping, Priority="4")
+        if step in (5, 21):
+            sims.ivanti.edit_incident(flapping, Priority="1")
+        if step in (7, 14, 30):
+            sims.ivanti.edit_incident(moved, OwnerTeam=[DB, DESK, DB][(step // 10) % 3])
+        if step == 12:
+            sims.ivanti.edit_incident(ended, Status="Closed")
+        if step == 15:
+            sims.ivanti.edit_incident(quiet, Subject="still not critical")
+        if 20 <= step < 30:
+            born.append(sims.ivanti.create_incident(Priority="2", OwnerTeam=NET)["RecId"])
+        report = svc.cycle()
+        assert not report.ok
+    assert len(trigger_log(sims)) == baseline_triggers
+    assert outage.hits == 36
+    sims.ivanti.faults.clear()
+    settle(svc, sims, step=15)
+    caught_up = trigger_log(sims)[baseline_triggers:]
+    assert sorted(caught_up) == sorted(
+        [
+            (moved, "Reassigned", "created"),  # NET -> DB: one page for the current team
+            (ended, "Terminate", "terminated_only"),
+            *[(r, "New Incident", "created") for r in born],
+        ]
+    )
+    assert sims.xmatters.suppressions() == []
+    assert sims.xmatters.live_events(up_then_resolved) == []
+    assert len(sims.xmatters.live_events(flapping)) == 1  # untouched: same as before
+    # flood control: never more than four creates a minute to one recipient
+    creates = [t for t in sims.xmatters.triggers() if t["outcome"] == "created"]
+    by_team: dict[str, list[datetime]] = {}
+    for t in creates:
+        by_team.setdefault(t["payload"]["OwnerTeam"], []).append(parse_utc(t["at"]))
+    for team, times in by_team.items():
+        for i, start in enumerate(times):
+            window = [t for t in times[i:] if t - start < timedelta(seconds=60)]
+            assert len(window) <= 4, (team, times)
+
+
+def test_first_start_on_a_tenant_with_5000_open_incidents(
+    sims: SimPair, make_service: MakeService
+) -> None:
+    recs = sims.ivanti.bulk_create(4997, Priority="3", OwnerTeam=NET)
+    recs += sims.ivanti.bulk_create(3, Priority="1", OwnerTeam=DB)  # critical: still no page
+    svc = make_service()
+    report = svc.cycle()
+    assert report.ok, report.error
+    assert report.poll is not None and report.poll.kind == "baseline"
+    # 50 full pages, then the empty one that says there is no more
+    assert report.poll.requests == math.ceil(5000 / 100) + 1
+    assert sims.xmatters.triggers() == []
+    with svc.store.unit() as u:
+        stored = Counter(i.rec_id for i in u.s.scalars(select(Incident)))
+        changes = list(u.s.scalars(select(Change.transition)))
+    assert stored == Counter(recs)
+    assert changes == [None] * len(recs)
+    sims.clock.advance(30)
+    after = svc.cycle()  # re-reads the overlap: nothing new, nobody paged
+    assert after.ok and after.poll is not None and after.poll.changes == 0
+    assert sims.xmatters.triggers() == []
