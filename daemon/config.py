@@ -652,10 +652,10 @@ def _ivanti_auth(env: _Env) -> tuple[str | None, str | None, str | None]:
 def _extra_fields(env: _Env) -> tuple[str, ...]:
     names: list[str] = []
     for name in env.items("IVANTI_EXTRA_FIELDS", ""):
-        if not _IDENTIFIER.fullmatch(name):
+        if len(name) > 100 or not _IDENTIFIER.fullmatch(name):
             raise ConfigError(
                 f"IVANTI_EXTRA_FIELDS entry {_quote(name)} is not an Ivanti field name "
-                "(letters, digits, underscore); set it to e.g. Symptom,Service"
+                "(at most 100 letters, digits, underscores); set it to e.g. Symptom,Service"
             )
         if name not in names:
             names.append(name)
@@ -1054,7 +1054,8 @@ def _metrics_addr(env: _Env) -> str:
     try:
         ipaddress.ip_address(addr)
     except ValueError:
-        if not _HOSTNAME.fullmatch(addr):
+        labels_ok = all(len(label) <= 63 for label in addr.split("."))
+        if len(addr) > 253 or not labels_ok or not _HOSTNAME.fullmatch(addr):
             raise ConfigError(
                 f"IXM_METRICS_ADDR={_quote(addr)} is not an IP address or host name; "
                 "set it to e.g. 127.0.0.1 (or 0.0.0.0 to listen everywhere)"

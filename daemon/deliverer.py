@@ -86,6 +86,10 @@ def fit_form_limits(properties: Mapping[str, Any]) -> dict[str, Any]:
 @dataclass(frozen=True)
 class DeliveryConfig:
     mode: str = "workflow"  # workflow | direct
+    # How long a request may still be acted on after it was sent (the longest
+    # request timeout plus a margin): an attempt with an unknown outcome is checked
+    # only after that, so the check does not miss a request the peer is still doing.
+    settle: timedelta = timedelta(seconds=35)
     max_attempts: int = 12
     max_age: timedelta = timedelta(hours=24)
     backoff_base: float = 2.0
@@ -206,7 +210,16 @@ class Deliverer:
                     )
                     result.deferred.append(action.id)
                     return
-            unknown = head.unfinished_attempt is not None or action.outcome == "unknown"
+            cut = head.unfinished_attempt
+            if cut is not None and now < cut.started_at + self.cfg.settle:
+                # The daemon died with this request in flight, and the peer may act on
+                # it for as long as the request could have lasted. Looking earlier could
+                # find nothing yet and re-send: two pages. So look only after that.
+                action.next_attempt_at = cut.started_at + self.cfg.settle
+                action.outcome = "unknown"
+                result.deferred.append(action.id)
+                return
+            unknown = cut is not None or action.outcome == "unknown"
             if head.unfinished_attempt is not None:
                 head.unfinished_attempt.finished_at = now
                 head.unfinished_attempt.outcome = "unknown"
@@ -609,6 +622,10 @@ class Deliverer:
             action.outcome = "unknown" if still_unknown else "retrying"
             delay = self._backoff(action.attempts, getattr(exc, "retry_after", None))
             action.next_attempt_at = now + timedelta(seconds=delay)
+            if unknown:  # as after a crash: let the peer finish before looking
+                action.next_attempt_at = max(
+                    action.next_attempt_at, attempt.started_at + self.cfg.settle
+                )
             result.retried.append(action_id)
             log_event(
                 log,

@@ -419,8 +419,10 @@ class Poller:
                 if (
                     verdict.transition is None
                     and row is not None
-                    and row.own_write_at is not None
-                    and snap.last_mod == row.own_write_at
+                    and (
+                        (row.own_write_at is not None and snap.last_mod == row.own_write_at)
+                        or _assignment_in_flight(u, snap.rec_id, landed=snap)
+                    )
                 ):
                     reason = f"the daemon's own write-back (note/Owner/Status): {reason}"
                 change = self._change_row(
@@ -564,18 +566,32 @@ class Poller:
                 u.set_state(f"last_ok_{result.kind}", iso_utc(now), now)
 
 
-def _assignment_in_flight(u: Unit, rec_id: str) -> bool:
+def _assignment_in_flight(u: Unit, rec_id: str, *, landed: Snapshot | None = None) -> bool:
     """Whether an Owner/Status write of the daemon's own is pending for the incident.
 
     The deliverer records such a write on the stored snapshot *before* sending it
     (so it is never read back as a transition). Until Ivanti has applied it, the
     served record differs from the stored snapshot at the same LastModDateTime;
     that difference is the daemon's own pending write, not a person's edit.
+
+    With ``landed``: only a pending write whose Owner and Status the served record
+    already shows (the write reached Ivanti but its answer was lost), so the change
+    it made can be explained as the daemon's own.
     """
-    return any(
-        a.state == "pending" and a.kind == "note" and (a.payload or {}).get("assign")
-        for a in u.outbox_for(rec_id)
-    )
+    for a in u.outbox_for(rec_id):
+        assign = (
+            (a.payload or {}).get("assign") if a.state == "pending" and a.kind == "note" else None
+        )
+        if not assign:
+            continue
+        if landed is None:
+            return True
+        if (
+            str(assign.get("owner", "")).casefold() == landed.owner.casefold()
+            and str(assign.get("status", "Active")).casefold() == landed.status.casefold()
+        ):
+            return True
+    return False
 
 
 def _recipient_key(recipient: object) -> str | None:

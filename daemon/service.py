@@ -123,6 +123,7 @@ class Service:
             self.ivanti,
             DeliveryConfig(
                 mode=xs.mode,
+                settle=timedelta(seconds=max(xs.timeout, settings.ivanti.timeout) + 5),
                 max_attempts=d.max_attempts,
                 max_age=timedelta(seconds=d.max_age),
                 backoff_base=d.backoff_base,

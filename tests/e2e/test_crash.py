@@ -168,6 +168,9 @@ def daemon(live_sims: SimPair, tmp_path: Path) -> Iterator[tuple[Daemon, StateDB
             "IXM_WRITEBACK_INTERVAL": "1",
             "IXM_LOG_LEVEL": "INFO",
             "XMATTERS_RATE_LIMIT": "1000",
+            # short request timeouts: an attempt cut short is checked after timeout + 5 s
+            "IVANTI_TIMEOUT": "2",
+            "XMATTERS_TIMEOUT": "2",
             "PYTHONUNBUFFERED": "1",
         }
     )
@@ -235,6 +238,26 @@ def test_kill_after_commit_before_the_peer_acted(
     assert trigger_log(live_sims) == [(rec, "New Incident", "created")]
     assert db.attempt_outcomes(rec) == ["unknown", "ok"]
     assert len(live_sims.xmatters.live_events(rec)) == 1
+
+
+def test_kill_while_the_peer_is_still_acting_then_restart_at_once(
+    daemon: tuple[Daemon, StateDB], live_sims: SimPair
+) -> None:
+    """The daemon dies with a trigger in flight that xMatters acts on only later, and is
+    back before that: it must wait for the request's lifetime before checking, or its
+    check finds nothing and pages twice."""
+    d, db = daemon
+    started(d, db)
+    hold = live_sims.xmatters.faults.inject("latency", TRIGGERS, delay=4.0)
+    rec = live_sims.ivanti.create_incident(Priority="1", OwnerTeam=NET)["RecId"]
+    wait_until(lambda: hold.hits >= 1, what="the held trigger")
+    d.kill9()
+    d.start()  # back while xMatters has not acted yet
+    assert trigger_log(live_sims) == []
+    quiesce(d, db, lambda: len(trigger_log(live_sims)) >= 1, "the page")
+    assert trigger_log(live_sims) == [(rec, "New Incident", "created")]
+    assert len(live_sims.xmatters.live_events(rec)) == 1
+    assert db.attempt_outcomes(rec) == ["unknown", "ok"]
 
 
 def test_kill_in_the_middle_of_delivery(daemon: tuple[Daemon, StateDB], live_sims: SimPair) -> None:

@@ -630,12 +630,6 @@ def test_lost_answer_then_a_second_identical_note_is_still_written(
     assert notes(sims, rec) == [note, note]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="poller.py: after a lost answer the poll sees the landed Owner/Status before the "
-    "deliverer's journal check, and own_write_at is not set, so the change is not explained "
-    "as the daemon's own write-back",
-)
 def test_lost_answer_assignment_is_explained_as_own_write(
     sims: SimPair, make_service: MakeService
 ) -> None:
@@ -647,7 +641,7 @@ def test_lost_answer_assignment_is_explained_as_own_write(
     for _ in range(3):
         tick(sims, 120)
         cycle(svc, sims)
-    assert trigger_types(sims) == ["New Incident"]  # holds today; the reason below does not
+    assert trigger_types(sims) == ["New Incident"]
     with svc.store.unit() as u:
         changes = u.changes_for(rec)
     assert [c.transition for c in changes] == ["New Incident", None]
