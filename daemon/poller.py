@@ -55,7 +55,7 @@ from daemon.models import Change, Incident
 from daemon.planner import plan
 from daemon.snapshot import MalformedRecord, parse_incident
 from daemon.store import Store, Unit
-from daemon.timeutil import iso_utc, odata_datetime_literal, parse_utc
+from daemon.timeutil import iso_utc, odata_datetime_literal, parse_ivanti_datetime, parse_utc
 from daemon.transitions import decide
 
 log = logging.getLogger("daemon.poller")
@@ -193,9 +193,9 @@ class Poller:
             for page in self._read_open(result):
                 if first_date is None:
                     first_date = page.server_date
-                for snap in self._commit_page(page.rows, result, kind, baseline, dry_run):
-                    seen_open.add(snap.rec_id)
-                seen_open.update(self._rec_ids(page.rows))
+                self._commit_page(page.rows, result, kind, baseline, dry_run)
+                if not baseline:  # at first start nothing can be missing
+                    seen_open.update(self._rec_ids(page.rows))
             if not baseline:
                 self._recheck_missing(seen_open, result, dry_run)
             if baseline:
@@ -223,16 +223,16 @@ class Poller:
 
     def _read_changes(self, watermark: datetime, result: PollResult) -> Iterator[Any]:
         size = self.cfg.page_size
-        lower = _floor(watermark)
+        flt = self._scoped(f"LastModDateTime ge {odata_datetime_literal(_floor(watermark))}")
         while True:
-            page = self._query(
-                self._scoped(f"LastModDateTime ge {odata_datetime_literal(lower)}"),
-                ORDER_CHANGES,
-                result,
-            )
+            page = self._query(flt, ORDER_CHANGES, result)
             yield page
             if len(page.rows) < size:
                 return
+            keyset = self._keyset_after(page.rows)
+            if keyset is not None:
+                flt = keyset
+                continue
             first_s = self._second_of(page.rows[0])
             last_s = self._second_of(page.rows[-1])
             if first_s is None or last_s is None:
@@ -244,9 +244,43 @@ class Poller:
                 first_s = min(known)
             if first_s == last_s:
                 yield from self._drain_second(last_s, result)
-                lower = last_s + timedelta(seconds=1)
-            else:
-                lower = last_s
+                last_s += timedelta(seconds=1)
+            flt = self._scoped(f"LastModDateTime ge {odata_datetime_literal(last_s)}")
+
+    def _keyset_after(self, rows: Sequence[Mapping[str, Any]]) -> str | None:
+        """The exact continuation after a full page: rows later than the last one in
+        (LastModDateTime, RecId) order, so no row is read twice and the requests
+        equal ceil(changes / page size).
+
+        Only when that order is the order the filter can express: every timestamp on
+        the page is a whole second (as Ivanti stores them; with sub-seconds, RecId
+        order inside one second is not the served order), and the scope filter has
+        neither ``or`` nor parentheses (the continuation's group must come first, and
+        Ivanti misreads a later group or an ``and`` after an ``or``). Otherwise None:
+        the caller re-reads the last second, deduplicated.
+        """
+        scope = self.cfg.scope_filter.strip()
+        if "(" in scope or " or " in f" {scope.casefold()} ":
+            return None
+        stamps = []
+        for row in rows:
+            try:
+                stamp = parse_ivanti_datetime(row.get("LastModDateTime"))
+            except ValueError:
+                return None
+            if stamp is None or stamp.microsecond:
+                return None
+            stamps.append(stamp)
+        rec = rows[-1].get("RecId")
+        if not isinstance(rec, str) or not rec:
+            return None
+        second = odata_datetime_literal(stamps[-1])
+        after = odata_datetime_literal(stamps[-1] + timedelta(seconds=1))
+        group = (
+            f"(LastModDateTime ge {second} and LastModDateTime lt {after} and RecId gt "
+            f"{odata_quote(rec.upper())} or LastModDateTime ge {after})"
+        )
+        return f"{group} and {scope}" if scope else group
 
     def _drain_second(self, second: datetime, result: PollResult) -> Iterator[Any]:
         """Every row inside one second, keyed by RecId (for > page-size ties)."""
@@ -295,8 +329,6 @@ class Poller:
 
     @staticmethod
     def _second_of(row: Mapping[str, Any]) -> datetime | None:
-        from daemon.timeutil import parse_ivanti_datetime
-
         try:
             dt = parse_ivanti_datetime(row.get("LastModDateTime"))
         except ValueError:
@@ -306,7 +338,7 @@ class Poller:
     def _recheck_missing(self, seen_open: set[str], result: PollResult, dry_run: bool) -> None:
         """Tracked open incidents absent from the open sweep: fetch each to learn why."""
         with self.store.unit() as u:
-            missing = [r.rec_id for r in u.open_incidents() if r.rec_id not in seen_open]
+            missing = [r for r in u.open_incident_ids() if r not in seen_open]
         for rec_id in missing:
             raw = self.ivanti.get_incident(rec_id)
             result.requests += 1
@@ -334,7 +366,7 @@ class Poller:
                 "reconcile",
             )
             change.transition = None
-            u.add_change(change)
+            u.add_change(change, need_id=True)
             result.changes += 1
             if row.alerting:
                 snap = Unit.snapshot_of(row)
@@ -428,7 +460,7 @@ class Poller:
                 change = self._change_row(
                     row, prev, snap, verdict.transition, reason, now, result, source
                 )
-                u.add_change(change)
+                u.add_change(change, need_id=bool(actions))
                 result.changes += 1
                 new_alerting: bool | None = None
                 for action in actions:

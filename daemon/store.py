@@ -187,8 +187,11 @@ class Unit:
     def incident_by_number(self, number: int) -> Incident | None:
         return self.s.scalars(select(Incident).where(Incident.incident_number == number)).first()
 
-    def open_incidents(self) -> list[Incident]:
-        q = select(Incident).where(Incident.status_class == "open", Incident.deleted.is_(False))
+    def open_incident_ids(self) -> list[str]:
+        """RecIds only: the reconcile sweep compares them with 100,000s of rows."""
+        q = select(Incident.rec_id).where(
+            Incident.status_class == "open", Incident.deleted.is_(False)
+        )
         return list(self.s.scalars(q))
 
     def alerting_incidents(self) -> list[Incident]:
@@ -243,9 +246,12 @@ class Unit:
         return snapshot_from_json(row.snapshot)
 
     # ----- changes and rejects ---------------------------------------------------------
-    def add_change(self, change: Change) -> Change:
+    def add_change(self, change: Change, *, need_id: bool = False) -> Change:
+        """Stage a change row; ``need_id`` flushes it now so actions can point at it
+        (flushing every change would cost more than the rest of the diff)."""
         self.s.add(change)
-        self.s.flush()
+        if need_id:
+            self.s.flush()
         return change
 
     def changes_for(self, rec_id: str) -> list[Change]:

@@ -38,9 +38,9 @@ def test_300_changes_sharing_one_lastmoddatetime(sims: SimPair, make_service: Ma
     report = svc.cycle()
     assert report.ok, report.error
     assert change_counts(svc) == {r: 1 for r in recs}
-    # a page of 100 all in one second; that second drained by RecId (100, 100, 100, 0);
-    # then the seconds after it (none)
-    assert report.poll is not None and report.poll.requests == 1 + 4 + 1
+    # keyset on (second, RecId): three full pages and the empty one that ends it,
+    # exactly the lower bound ceil(300 / 100) + 1
+    assert report.poll is not None and report.poll.requests == 300 // 100 + 1
     sims.clock.advance(30)
     again = svc.cycle()  # the overlap re-reads them all: no change recorded twice
     assert again.ok and again.poll is not None and again.poll.changes == 0
@@ -48,10 +48,20 @@ def test_300_changes_sharing_one_lastmoddatetime(sims: SimPair, make_service: Ma
     assert trigger_log(sims) == []
 
 
-def test_tie_straddling_page_edges(sims: SimPair, make_service: MakeService) -> None:
+@pytest.mark.parametrize(
+    "scope",
+    [
+        "",  # exact (second, RecId) keyset continuation
+        "Priority ne '5'",  # the same, with an and-only scope appended
+        # a scope with `or` cannot follow the keyset group (Ivanti misreads it): the
+        # last second is re-read instead, and a page inside one second drained by RecId
+        "OwnerTeam eq 'Service Desk' or OwnerTeam eq 'Database Team'",
+    ],
+)
+def test_tie_straddling_page_edges(sims: SimPair, make_service: MakeService, scope: str) -> None:
     """50 rows in one second, 300 in the next, 50 in the one after: pages cut across
-    the seconds, and the big second is drained on its own."""
-    svc = started(make_service, sims)
+    the seconds and no row is lost or recorded twice, whichever way the reads go."""
+    svc = started(make_service, sims, IVANTI_SCOPE_FILTER=scope)
     before = sims.ivanti.bulk_create(50, Priority="4")
     sims.clock.advance(1)
     tie = sims.ivanti.bulk_create(300, Priority="4")
@@ -62,6 +72,9 @@ def test_tie_straddling_page_edges(sims: SimPair, make_service: MakeService) -> 
     assert report.ok, report.error
     assert change_counts(svc) == {r: 1 for r in [*before, *tie, *after, critical]}
     assert trigger_log(sims) == [(critical, "New Incident", "created")]
+    assert report.poll is not None
+    if " or " not in scope:
+        assert report.poll.requests == 400 // 100 + 1
 
 
 def test_edit_in_the_same_second_as_the_read(sims: SimPair, make_service: MakeService) -> None:
