@@ -414,13 +414,14 @@ class Poller:
                 except MalformedRecord as exc:
                     self._reject(u, result, raw, exc, now)
             stored = u.incidents(s.rec_id for s in snaps)
+            assigning = u.pending_assignments(stored)
             for snap in snaps:
                 row = stored.get(snap.rec_id)
                 if (
                     row is not None
                     and not row.deleted
                     and row.last_mod == snap.last_mod
-                    and (Unit.snapshot_of(row) == snap or _assignment_in_flight(u, snap.rec_id))
+                    and (Unit.snapshot_of(row) == snap or snap.rec_id in assigning)
                 ):
                     processed.append(snap)
                     continue  # seen as it is already (overlap re-read)
@@ -453,7 +454,7 @@ class Poller:
                     and row is not None
                     and (
                         (row.own_write_at is not None and snap.last_mod == row.own_write_at)
-                        or _assignment_in_flight(u, snap.rec_id, landed=snap)
+                        or _assignment_landed(assigning.get(snap.rec_id, ()), snap)
                     )
                 ):
                     reason = f"the daemon's own write-back (note/Owner/Status): {reason}"
@@ -598,32 +599,20 @@ class Poller:
                 u.set_state(f"last_ok_{result.kind}", iso_utc(now), now)
 
 
-def _assignment_in_flight(u: Unit, rec_id: str, *, landed: Snapshot | None = None) -> bool:
-    """Whether an Owner/Status write of the daemon's own is pending for the incident.
+def _assignment_landed(pending: Sequence[Mapping[str, Any]], served: Snapshot) -> bool:
+    """Whether the served record already shows the Owner and Status of one of the
+    daemon's own pending assignments: the write reached Ivanti but its answer was
+    lost, so the change it made is the daemon's own.
 
-    The deliverer records such a write on the stored snapshot *before* sending it
-    (so it is never read back as a transition). Until Ivanti has applied it, the
-    served record differs from the stored snapshot at the same LastModDateTime;
-    that difference is the daemon's own pending write, not a person's edit.
-
-    With ``landed``: only a pending write whose Owner and Status the served record
-    already shows (the write reached Ivanti but its answer was lost), so the change
-    it made can be explained as the daemon's own.
+    (While such a write has not reached Ivanti yet, the served record differs from
+    the stored snapshot, on which the deliverer recorded the write before sending
+    it, at the same LastModDateTime: that difference is not a person's edit either.)
     """
-    for a in u.outbox_for(rec_id):
-        assign = (
-            (a.payload or {}).get("assign") if a.state == "pending" and a.kind == "note" else None
-        )
-        if not assign:
-            continue
-        if landed is None:
-            return True
-        if (
-            str(assign.get("owner", "")).casefold() == landed.owner.casefold()
-            and str(assign.get("status", "Active")).casefold() == landed.status.casefold()
-        ):
-            return True
-    return False
+    return any(
+        str(a.get("owner", "")).casefold() == served.owner.casefold()
+        and str(a.get("status", "Active")).casefold() == served.status.casefold()
+        for a in pending
+    )
 
 
 def _recipient_key(recipient: object) -> str | None:

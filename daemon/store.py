@@ -309,6 +309,23 @@ class Unit:
     def action(self, action_id: int) -> OutboxAction | None:
         return self.s.get(OutboxAction, action_id)
 
+    def pending_assignments(self, rec_ids: Iterable[str]) -> dict[str, list[dict[str, Any]]]:
+        """The Owner/Status writes the daemon has queued (not yet done) per incident."""
+        ids = list(rec_ids)
+        out: dict[str, list[dict[str, Any]]] = {}
+        if not ids:
+            return out
+        q = select(OutboxAction.rec_id, OutboxAction.payload).where(
+            OutboxAction.state == "pending",
+            OutboxAction.kind == "note",
+            OutboxAction.rec_id.in_(ids),
+        )
+        for rec_id, payload in self.s.execute(q):
+            assign = (payload or {}).get("assign")
+            if assign:
+                out.setdefault(rec_id, []).append(assign)
+        return out
+
     def has_dedupe_key(self, key: str) -> bool:
         q = select(OutboxAction.id).where(OutboxAction.dedupe_key == key)
         return self.s.scalars(q).first() is not None
