@@ -28,7 +28,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from daemon.domain import Policy
-from daemon.errors import ApiError, NotFound, OutcomeUnknown, PermanentError, TransientError
+from daemon.errors import ApiError, NotFound, OutcomeUnknown, PermanentError
 from daemon.ivanti import IvantiClient
 from daemon.logs import log_event
 from daemon.models import OutboxAction
@@ -204,8 +204,8 @@ class Deliverer:
                 wait_until = self._flood_wait(u, action, now)
                 if wait_until is not None:
                     action.next_attempt_at = wait_until
-                    action.outcome = "queued: xMatters flood control (at most "
-                    action.outcome += (
+                    action.outcome = (  # never sent yet, so no unknown outcome is lost here
+                        f"queued: xMatters flood control (at most "
                         f"{self.cfg.flood_limit_per_min} alerts a minute to {action.recipient})"
                     )
                     result.deferred.append(action.id)
@@ -246,7 +246,7 @@ class Deliverer:
             outcome = self._perform(
                 kind, rec_id, payload, unknown, request_id, known_events, done_same_notes
             )
-        except (OutcomeUnknown, TransientError, PermanentError, ApiError) as exc:
+        except ApiError as exc:  # Transient, OutcomeUnknown and Permanent alike
             self._record_failure(action_id, attempt_id, exc, result)
             return
         self._record_success(action_id, attempt_id, outcome, result)
