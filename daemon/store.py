@@ -17,9 +17,19 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Engine, create_engine, event, func, select, update
+from sqlalchemy import (
+    Engine,
+    Table,
+    bindparam,
+    create_engine,
+    event,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.domain import Policy, Snapshot
@@ -35,6 +45,12 @@ from daemon.models import (
     XmEvent,
 )
 from daemon.snapshot import snapshot_from_json, snapshot_to_json
+
+# The tables the bulk writes use as Core tables: the ORM's bulk paths cost about as
+# much per row as building ORM objects.
+_INCIDENTS = cast(Table, Incident.__table__)
+_CHANGES = cast(Table, Change.__table__)
+_OUTBOX = cast(Table, OutboxAction.__table__)
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
@@ -112,6 +128,23 @@ class Store:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+@dataclass(slots=True)
+class IncidentState:
+    """The columns of one stored incident that the diff reads, without an ORM object.
+
+    Loading, tracking and flushing full ``Incident`` objects cost more than the rest
+    of the diff at 1,000s of changes a poll; the poller reads these, updates them in
+    place as it goes through the page, and writes its results back in bulk.
+    """
+
+    rec_id: str
+    last_mod: datetime
+    deleted: bool
+    alerting: bool
+    own_write_at: datetime | None
+    snapshot: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -200,18 +233,30 @@ class Unit:
     def list_incidents(self) -> list[Incident]:
         return list(self.s.scalars(select(Incident).order_by(Incident.incident_number)))
 
-    def save_snapshot(
-        self,
-        snap: Snapshot,
-        policy: Policy,
-        now: datetime,
-        *,
-        alerting: bool | None = None,
-        baseline: bool = False,
-        existing: Incident | None = None,
-    ) -> Incident:
-        row = existing if existing is not None else self.s.get(Incident, snap.rec_id)
-        values: dict[str, Any] = {
+    def incident_states(self, rec_ids: Iterable[str]) -> dict[str, IncidentState]:
+        """The stored state of each given incident that exists (one select per 500)."""
+        ids = list(set(rec_ids))
+        out: dict[str, IncidentState] = {}
+        cols = (
+            Incident.rec_id,
+            Incident.last_mod,
+            Incident.deleted,
+            Incident.alerting,
+            Incident.own_write_at,
+            Incident.snapshot,
+        )
+        for i in range(0, len(ids), 500):
+            q = select(*cols).where(Incident.rec_id.in_(ids[i : i + 500]))
+            for rec_id, last_mod, deleted, alerting, own_write_at, snapshot in self.s.execute(q):
+                out[rec_id] = IncidentState(
+                    rec_id, last_mod, bool(deleted), bool(alerting), own_write_at, snapshot
+                )
+        return out
+
+    @staticmethod
+    def snapshot_values(snap: Snapshot, policy: Policy, now: datetime) -> dict[str, Any]:
+        """The incident columns a snapshot sets (``save_snapshot`` and the bulk writes)."""
+        return {
             "incident_number": snap.incident_number,
             "status": snap.status,
             "status_class": policy.status_class(snap.status).value,
@@ -225,6 +270,41 @@ class Unit:
             "updated_at": now,
             "deleted": False,
         }
+
+    def insert_incidents(self, rows: Sequence[dict[str, Any]]) -> None:
+        """New incident rows (keyed like ``snapshot_values`` plus ``rec_id``,
+        ``first_seen_at``, ``baseline``, ``alerting``) in one executemany."""
+        if rows:
+            self.s.execute(insert(_INCIDENTS), list(rows))
+
+    def update_incidents(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Set the given columns of each incident, found by its ``rec_id``: one
+        executemany per set of columns (Core, not the ORM bulk UPDATE, which costs
+        as much per row as the rest of the diff)."""
+        groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        for row in rows:
+            groups.setdefault(tuple(sorted(row)), []).append(row)
+        for group in groups.values():
+            q = update(_INCIDENTS).where(_INCIDENTS.c.rec_id == bindparam("key_rec_id"))
+            params = []
+            for row in group:
+                values = {k: v for k, v in row.items() if k != "rec_id"}
+                values["key_rec_id"] = row["rec_id"]
+                params.append(values)
+            self.s.execute(q, params)
+
+    def save_snapshot(
+        self,
+        snap: Snapshot,
+        policy: Policy,
+        now: datetime,
+        *,
+        alerting: bool | None = None,
+        baseline: bool = False,
+        existing: Incident | None = None,
+    ) -> Incident:
+        row = existing if existing is not None else self.s.get(Incident, snap.rec_id)
+        values = self.snapshot_values(snap, policy, now)
         if row is None:
             row = Incident(
                 rec_id=snap.rec_id,
@@ -253,6 +333,31 @@ class Unit:
         if need_id:
             self.s.flush()
         return change
+
+    def insert_changes(
+        self, rows: Sequence[dict[str, Any]], *, need_id: Iterable[int] = ()
+    ) -> dict[int, int]:
+        """Insert change rows in the order given; returns {row index: change id} for
+        the rows in ``need_id`` (those that outbox actions point at).
+
+        Rows in between go in as one executemany. The ones whose id is needed are
+        inserted on their own with RETURNING: SQLite cannot tie a multi-row RETURNING
+        to its rows, and few changes page compared with those that do not.
+        """
+        wanted = set(need_id)
+        ids: dict[int, int] = {}
+        batch: list[dict[str, Any]] = []
+        for i, row in enumerate(rows):
+            if i not in wanted:
+                batch.append(row)
+                continue
+            if batch:
+                self.s.execute(insert(_CHANGES), batch)
+                batch = []
+            ids[i] = self.s.execute(insert(_CHANGES).returning(_CHANGES.c.id), row).scalar_one()
+        if batch:
+            self.s.execute(insert(_CHANGES), batch)
+        return ids
 
     def changes_for(self, rec_id: str) -> list[Change]:
         return list(
@@ -288,23 +393,56 @@ class Unit:
         dedupe_key: str | None = None,
     ) -> OutboxAction:
         action = OutboxAction(
-            rec_id=rec_id,
-            incident_number=incident_number,
-            kind=kind,
-            payload=payload,
-            reason=reason,
-            state="pending",
-            attempts=0,
-            created_at=now,
-            next_attempt_at=now,
-            updated_at=now,
-            change_id=change_id,
-            recipient=recipient,
-            dedupe_key=dedupe_key,
+            **self.action_values(
+                rec_id=rec_id,
+                incident_number=incident_number,
+                kind=kind,
+                payload=payload,
+                reason=reason,
+                now=now,
+                change_id=change_id,
+                recipient=recipient,
+                dedupe_key=dedupe_key,
+            )
         )
         self.s.add(action)
         self.s.flush()
         return action
+
+    @staticmethod
+    def action_values(
+        *,
+        rec_id: str,
+        incident_number: int,
+        kind: str,
+        payload: dict[str, Any],
+        reason: str,
+        now: datetime,
+        change_id: int | None = None,
+        recipient: str | None = None,
+        dedupe_key: str | None = None,
+    ) -> dict[str, Any]:
+        """The columns of a new pending action (``add_action`` and ``insert_actions``)."""
+        return {
+            "rec_id": rec_id,
+            "incident_number": incident_number,
+            "kind": kind,
+            "payload": payload,
+            "reason": reason,
+            "state": "pending",
+            "attempts": 0,
+            "created_at": now,
+            "next_attempt_at": now,
+            "updated_at": now,
+            "change_id": change_id,
+            "recipient": recipient,
+            "dedupe_key": dedupe_key,
+        }
+
+    def insert_actions(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Pending actions (built by ``action_values``) in one executemany, ids in order."""
+        if rows:
+            self.s.execute(insert(_OUTBOX), list(rows))
 
     def action(self, action_id: int) -> OutboxAction | None:
         return self.s.get(OutboxAction, action_id)
