@@ -189,15 +189,15 @@ class Poller:
         result.cycle_id = cycle_id
         try:
             first_date: datetime | None = None
-            seen_open: set[str] = set()
+            missing: list[str] = []
+            after: int | None = None  # IncidentNumbers up to here are compared already
             for page in self._read_open(result):
                 if first_date is None:
                     first_date = page.server_date
                 self._commit_page(page.rows, result, kind, baseline, dry_run)
                 if not baseline:  # at first start nothing can be missing
-                    seen_open.update(self._rec_ids(page.rows))
-            if not baseline:
-                self._recheck_missing(seen_open, result, dry_run)
+                    after = self._collect_missing(page.rows, after, missing)
+            self._recheck_missing(missing, result, dry_run)
             if baseline:
                 start = first_date or self.now()
                 result.watermark_after = _floor(start) - self.cfg.overlap
@@ -335,10 +335,24 @@ class Poller:
             return None
         return _floor(dt) if dt else None
 
-    def _recheck_missing(self, seen_open: set[str], result: PollResult, dry_run: bool) -> None:
-        """Tracked open incidents absent from the open sweep: fetch each to learn why."""
+    def _collect_missing(
+        self, rows: Sequence[Mapping[str, Any]], after: int | None, missing: list[str]
+    ) -> int | None:
+        """Tracked open incidents the sweep passed over without seeing (it reads in
+        IncidentNumber order): those numbered after ``after`` and up to this page's
+        last number (or beyond, on the last page) that are not on the page. Compared
+        page by page, so memory does not grow with the tenant. Returns the new
+        ``after``."""
+        numbers = [n for n in (r.get("IncidentNumber") for r in rows) if isinstance(n, int)]
+        last_page = len(rows) < self.cfg.page_size or not numbers
+        upto = None if last_page else max(numbers)
+        on_page = set(self._rec_ids(rows))
         with self.store.unit() as u:
-            missing = [r for r in u.open_incident_ids() if r not in seen_open]
+            missing.extend(r for r in u.open_incident_ids(after, upto) if r not in on_page)
+        return upto
+
+    def _recheck_missing(self, missing: list[str], result: PollResult, dry_run: bool) -> None:
+        """Tracked open incidents absent from the open sweep: fetch each to learn why."""
         for rec_id in missing:
             raw = self.ivanti.get_incident(rec_id)
             result.requests += 1

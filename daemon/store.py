@@ -220,11 +220,16 @@ class Unit:
     def incident_by_number(self, number: int) -> Incident | None:
         return self.s.scalars(select(Incident).where(Incident.incident_number == number)).first()
 
-    def open_incident_ids(self) -> list[str]:
-        """RecIds only: the reconcile sweep compares them with 100,000s of rows."""
+    def open_incident_ids(self, after: int | None = None, upto: int | None = None) -> list[str]:
+        """RecIds of tracked open incidents, optionally with IncidentNumber in
+        (after, upto]: the reconcile sweep compares them a page at a time."""
         q = select(Incident.rec_id).where(
             Incident.status_class == "open", Incident.deleted.is_(False)
         )
+        if after is not None:
+            q = q.where(Incident.incident_number > after)
+        if upto is not None:
+            q = q.where(Incident.incident_number <= upto)
         return list(self.s.scalars(q))
 
     def alerting_incidents(self) -> list[Incident]:

@@ -209,3 +209,38 @@ def test_first_start_on_a_tenant_with_5000_open_incidents(
     after = svc.cycle()  # re-reads the overlap: nothing new, nobody paged
     assert after.ok and after.poll is not None and after.poll.changes == 0
     assert sims.xmatters.triggers() == []
+
+
+def test_reconcile_sweep_finds_deletions_on_every_page(
+    sims: SimPair, make_service: MakeService
+) -> None:
+    """35 open incidents read 10 a page: deleted ones on the first, a middle and the
+    last page are found, and only they (the sweep compares page by page in
+    IncidentNumber order); the paging ones among them are terminated."""
+    svc = started(make_service, sims, IXM_PAGE_SIZE="10")
+    people = ["jsmith", "bwong", "apatel", "mgarcia", "lchen", "obrien"]
+    recs = [
+        sims.ivanti.create_incident(
+            Priority="1" if i % 5 == 0 else "3", Owner=people[i % 6], OwnerTeam=NET
+        )["RecId"]
+        for i in range(35)
+    ]
+    svc.cycle()
+    assert len([t for t in sims.xmatters.triggers() if t["outcome"] == "created"]) == 7
+    sims.clock.advance(30)
+    gone = [recs[0], recs[20], recs[34]]  # first page, third page, last page
+    for rec in gone:
+        sims.ivanti.delete_incident(rec)
+    report = svc.reconcile_job()
+    with svc.store.unit() as u:
+        deleted = sorted(r.rec_id for r in u.list_incidents() if r.deleted)
+    assert deleted == sorted(gone)
+    svc.deliver_job()
+    ends = [
+        t["payload"]["RecId"]
+        for t in sims.xmatters.triggers()
+        if t["payload"]["Type"] == "Terminate"
+    ]
+    assert sorted(ends) == sorted([recs[0], recs[20]])  # recs[34] was not paging
+    # 32 open incidents left: 4 pages of 10 (the last one short), one GET per missing one
+    assert report.requests == math.ceil(32 / 10) + 3
