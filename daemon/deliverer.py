@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from daemon.domain import Policy
+from daemon.domain import FORM_PROPERTY_LIMITS, Policy
 from daemon.errors import ApiError, NotFound, OutcomeUnknown, PermanentError
 from daemon.ivanti import IvantiClient
 from daemon.logs import log_event
@@ -41,23 +41,9 @@ log = logging.getLogger("daemon.deliverer")
 LIVE = ("ACTIVE", "SUSPENDED")
 
 
-# Maximum lengths of the original xMatters form "Incident" properties (reference
-# original-workflow.md, "Form properties and limits"). xMatters rejects a longer value
-# with a 400 (form trigger) or fails the flow's Create Alert step after answering 202
-# (workflow trigger): either way nobody would be paged.
-FORM_LIMITS: Mapping[str, int] = {
-    "Category": 100,
-    "Description": 2000,
-    "IncidentID": 100,
-    "Owner": 100,
-    "OwnerTeam": 100,
-    "Phone": 30,
-    "RecId": 100,
-    "RequestedBy": 100,
-    "Status": 100,
-    "Summary": 255,
-    "Type": 100,
-}
+# xMatters rejects a value longer than the form allows (FORM_PROPERTY_LIMITS) with a 400
+# (form trigger) or fails the flow's Create Alert step after answering 202 (workflow
+# trigger): either way nobody would be paged, so fit_form_limits cuts it.
 FORM_TRUNCATION_MARKER = "…[truncated]"
 
 
@@ -75,7 +61,7 @@ def fit_form_limits(properties: Mapping[str, Any]) -> dict[str, Any]:
     no real one comes near 100 characters.
     """
     out = dict(properties)
-    for name, limit in FORM_LIMITS.items():
+    for name, limit in FORM_PROPERTY_LIMITS.items():
         value = out.get(name)
         if isinstance(value, str) and len(value) > limit:
             keep = max(0, limit - len(FORM_TRUNCATION_MARKER))
@@ -498,10 +484,7 @@ class Deliverer:
     ) -> None:
         now = self.now()
         with self.store.unit() as u:
-            action = u.action(action_id)
-            assert action is not None
-            attempt = next(a for a in u.attempts_for(action_id) if a.id == attempt_id)
-            attempt.finished_at = now
+            action, attempt = u.finish_attempt(action_id, attempt_id, now)
             attempt.outcome = "ok"
             action.state = "done"
             action.done_at = now
@@ -594,10 +577,7 @@ class Deliverer:
     ) -> None:
         now = self.now()
         with self.store.unit() as u:
-            action = u.action(action_id)
-            assert action is not None
-            attempt = next(a for a in u.attempts_for(action_id) if a.id == attempt_id)
-            attempt.finished_at = now
+            action, attempt = u.finish_attempt(action_id, attempt_id, now)
             attempt.http_status = getattr(exc, "status", None)
             attempt.error = str(exc)[:2000]
             action.last_error = str(exc)[:2000]

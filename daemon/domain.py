@@ -157,3 +157,21 @@ class PlannedAction:
     rec_id: str
     payload: Mapping[str, object]
     reason: str
+
+
+# Maximum lengths of the properties of the original workflow's form "Incident"
+# (reference original-workflow.md, "Form properties and limits"); xMatters
+# refuses longer values.
+FORM_PROPERTY_LIMITS: Mapping[str, int] = {
+    "Category": 100,
+    "Description": 2000,
+    "IncidentID": 100,
+    "Owner": 100,
+    "OwnerTeam": 100,
+    "Phone": 30,
+    "RecId": 100,
+    "RequestedBy": 100,
+    "Status": 100,
+    "Summary": 255,
+    "Type": 100,
+}

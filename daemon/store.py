@@ -518,6 +518,18 @@ class Unit:
         self.s.flush()
         return attempt
 
+    def finish_attempt(
+        self, action_id: int, attempt_id: int, now: datetime
+    ) -> tuple[OutboxAction, Attempt]:
+        """The action and its attempt, the attempt marked finished (the caller sets how)."""
+        action = self.s.get(OutboxAction, action_id)
+        attempt = self.s.get(Attempt, attempt_id)
+        if action is None or attempt is None or attempt.outbox_id != action_id:
+            raise LookupError(f"no attempt {attempt_id} of outbox action {action_id}")
+        attempt.finished_at = now
+        action.updated_at = now
+        return action, attempt
+
     def pages_sent_since(self, recipient: str, since: datetime) -> list[datetime]:
         """When pages to this recipient were (or may have been) sent, for flood control."""
         q = select(OutboxAction.sent_at).where(

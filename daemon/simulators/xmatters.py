@@ -41,6 +41,7 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode
 
+from daemon.domain import FORM_PROPERTY_LIMITS
 from daemon.simulators.clock import SimClock
 from daemon.simulators.directory import DEFAULT_DIRECTORY, Directory
 from daemon.simulators.server import CONTROL_PREFIX, BadRequest, Request, Response, SimServer
@@ -50,20 +51,6 @@ TRIGGER_PATH = "/api/integration/1/functions/{id}/triggers"
 PLAN_NAME = "Ivanti Service Manager | 1.0"
 FORM_NAME = "Incident"
 
-# Maximum lengths of the properties of the original form "Incident".
-FORM_PROPERTY_LIMITS: dict[str, int] = {
-    "Category": 100,
-    "Description": 2000,
-    "IncidentID": 100,
-    "Owner": 100,
-    "OwnerTeam": 100,
-    "Phone": 30,
-    "RecId": 100,
-    "RequestedBy": 100,
-    "Status": 100,
-    "Summary": 255,
-    "Type": 100,
-}
 LENGTH_DETAIL = "Exceeded the specified maximum number of characters"
 
 CREATE_TYPES: tuple[str, ...] = ("New Incident", "Reassigned", "Reopened", "Priority Upgrade")

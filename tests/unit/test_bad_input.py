@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from daemon.config import ConfigError, load_settings
-from daemon.deliverer import FORM_LIMITS, FORM_TRUNCATION_MARKER, fit_form_limits
+from daemon.deliverer import FORM_TRUNCATION_MARKER, fit_form_limits
+from daemon.domain import FORM_PROPERTY_LIMITS as FORM_LIMITS
 from daemon.notes import comment_note, delivery_note, response_note, sanitize
 from daemon.snapshot import MalformedRecord, parse_incident, workflow_payload
 
