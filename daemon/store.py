@@ -205,20 +205,8 @@ class Unit:
         return self.s.scalars(q).first()
 
     # ----- incidents -------------------------------------------------------------------
-    def incidents(self, rec_ids: Iterable[str]) -> dict[str, Incident]:
-        ids = list(set(rec_ids))
-        out: dict[str, Incident] = {}
-        for i in range(0, len(ids), 500):
-            chunk = ids[i : i + 500]
-            for row in self.s.scalars(select(Incident).where(Incident.rec_id.in_(chunk))):
-                out[row.rec_id] = row
-        return out
-
     def incident(self, rec_id: str) -> Incident | None:
         return self.s.get(Incident, rec_id)
-
-    def incident_by_number(self, number: int) -> Incident | None:
-        return self.s.scalars(select(Incident).where(Incident.incident_number == number)).first()
 
     def open_incident_ids(self, after: int | None = None, upto: int | None = None) -> list[str]:
         """RecIds of tracked open incidents, optionally with IncidentNumber in
@@ -231,9 +219,6 @@ class Unit:
         if upto is not None:
             q = q.where(Incident.incident_number <= upto)
         return list(self.s.scalars(q))
-
-    def alerting_incidents(self) -> list[Incident]:
-        return list(self.s.scalars(select(Incident).where(Incident.alerting.is_(True))))
 
     def list_incidents(self) -> list[Incident]:
         return list(self.s.scalars(select(Incident).order_by(Incident.incident_number)))
@@ -553,14 +538,6 @@ class Unit:
     def outbox_counts(self) -> dict[str, int]:
         q = select(OutboxAction.state, func.count()).group_by(OutboxAction.state)
         return {state: n for state, n in self.s.execute(q)}
-
-    def pending_page(self, rec_id: str) -> bool:
-        q = select(OutboxAction.id).where(
-            OutboxAction.rec_id == rec_id,
-            OutboxAction.kind == "page",
-            OutboxAction.state == "pending",
-        )
-        return self.s.scalars(q).first() is not None
 
     def done_notes_with_text(self, rec_id: str, text: str) -> int:
         n = 0
