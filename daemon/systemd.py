@@ -20,8 +20,10 @@ def notify(message: str) -> bool:
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
         try:
             sock.connect(address)
-            sock.sendall(message.encode())
-        except OSError:
+            # Never block: a notify socket nobody reads (a full queue) must not stall
+            # the scheduler loop, and with it shutdown.
+            sock.send(message.encode(), socket.MSG_DONTWAIT)
+        except OSError:  # BlockingIOError included
             return False
     return True
 

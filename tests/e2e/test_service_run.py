@@ -19,27 +19,46 @@ pytestmark = pytest.mark.e2e
 
 
 class FakeSystemd:
-    """A NOTIFY_SOCKET that records what the daemon tells systemd."""
+    """A NOTIFY_SOCKET that records what the daemon tells systemd, read continuously
+    as systemd does (the kernel queues only a few datagrams)."""
 
     def __init__(self, path: Path) -> None:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(str(path))
         self.sock.settimeout(0.05)
         self.messages: list[str] = []
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        while not self._closed.is_set():
+            try:
+                data = self.sock.recv(4096)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with self._lock:
+                self.messages.append(data.decode())
 
     def drain(self) -> list[str]:
-        while True:
-            try:
-                self.messages.append(self.sock.recv(4096).decode())
-            except TimeoutError:
-                return self.messages
+        with self._lock:
+            return list(self.messages)
 
     def wait_for(self, predicate: Callable[[list[str]], bool], timeout: float = 20) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if predicate(self.drain()):
                 return
-        raise AssertionError(f"systemd never got it; messages: {self.messages[-10:]}")
+            time.sleep(0.02)
+        raise AssertionError(f"systemd never got it; messages: {self.drain()[-10:]}")
+
+    def close(self) -> None:
+        self._closed.set()
+        self._reader.join(timeout=5)
+        self.sock.close()
 
 
 @pytest.fixture
@@ -48,7 +67,7 @@ def systemd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeSys
     monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify.sock"))
     monkeypatch.setenv("WATCHDOG_USEC", "200000")  # feed every 0.1 s
     yield fake
-    fake.sock.close()
+    fake.close()
 
 
 def _service(sims: SimPair, tmp_path: Path, **env: str) -> Service:
@@ -112,3 +131,22 @@ def test_dead_man_stops_feeding_the_watchdog(
         stop.set()
         thread.join(timeout=20)
         svc.close()
+
+
+def test_notify_never_blocks_on_a_socket_nobody_reads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The kernel queues only a few datagrams (net.unix.max_dgram_qlen, often 10): a
+    blocking send to a full queue would hang the scheduler loop, and shutdown with it."""
+    from daemon import systemd as sd
+
+    path = tmp_path / "unread.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    monkeypatch.setenv("NOTIFY_SOCKET", str(path))
+    try:
+        sent = [sd.notify("WATCHDOG=1") for _ in range(2000)]
+    finally:
+        sock.close()
+    assert sent[0] is True
+    assert sent[-1] is False  # queue full: dropped, not blocked
