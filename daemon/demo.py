@@ -17,11 +17,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
-
 from daemon.config import load_settings
 from daemon.logs import setup_logging
-from daemon.models import Change, OutboxAction
 from daemon.service import Service
 from daemon.simulators.clock import SimClock
 from daemon.simulators.harness import SimPair
@@ -65,17 +62,11 @@ class _Timeline:
 
     def _report_daemon(self) -> None:
         with self.svc.store.unit() as u:
-            changes = list(
-                u.s.scalars(select(Change).where(Change.id > self.seen_changes).order_by(Change.id))
+            changes = u.changes_since(self.seen_changes)
+            actions = sorted(
+                u.outbox(["done", "dead", "skipped"], limit=100_000), key=lambda a: a.id
             )
-            actions = list(
-                u.s.scalars(
-                    select(OutboxAction)
-                    .where(OutboxAction.state != "pending")
-                    .order_by(OutboxAction.id)
-                )
-            )
-            pending = list(u.s.scalars(select(OutboxAction).where(OutboxAction.state == "pending")))
+            pending = u.outbox(["pending"])
             baseline = [c for c in changes if c.source == "baseline"]
             if baseline:
                 self.say(
@@ -236,7 +227,7 @@ def _check(
     """The demo proves itself: every use case fired, each page made one event, each
     write-back one note, and nothing is left live or undelivered."""
     with tl.svc.store.unit() as u:
-        kinds = [c.transition for c in u.s.scalars(select(Change)) if c.transition]
+        kinds = [c.transition for c in u.changes_since() if c.transition]
         stuck = u.outbox(["dead", "pending"])
     expected = {
         "New Incident",

@@ -349,6 +349,11 @@ class Unit:
             self.s.execute(insert(_CHANGES), batch)
         return ids
 
+    def changes_since(self, after_id: int = 0) -> list[Change]:
+        """Changes recorded after the one with ``after_id``, oldest first."""
+        q = select(Change).where(Change.id > after_id).order_by(Change.id)
+        return list(self.s.scalars(q))
+
     def changes_for(self, rec_id: str) -> list[Change]:
         return list(
             self.s.scalars(select(Change).where(Change.rec_id == rec_id).order_by(Change.id))
