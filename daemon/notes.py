@@ -32,7 +32,7 @@ def _truncate(text: str, limit: int) -> str:
     if len(text) <= limit:
         return text
     if limit <= len(TRUNCATION_MARKER):
-        return text[:limit]
+        return text[:limit].rstrip()  # no room for the marker; never end on a space
     return text[: limit - len(TRUNCATION_MARKER)].rstrip() + TRUNCATION_MARKER
 
 
