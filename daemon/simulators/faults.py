@@ -1,13 +1,15 @@
 """Faults a simulator can be told to inject, per route.
 
-A fault matches a request by HTTP method (or any) and a regular expression
-searched in the request path, and applies to the next ``times`` matching
+A fault matches a request by HTTP method (or any), a regular expression
+searched in the request path and, optionally, one searched in the request body
+(e.g. only the writes that set ``Owner``), and applies to the next ``times`` matching
 requests (``times=0`` means until cleared).
 
 Kinds:
   status         answer ``status`` with the service's error body (``retry_after``
                  adds a Retry-After header) without acting
-  latency        wait ``delay`` seconds, then act normally
+  latency        wait ``delay`` seconds, then act normally (a frozen simulated
+                 clock moves by ``delay`` too, so the act happens that much later)
   timeout        wait ``delay`` seconds (make it longer than the client timeout),
                  then drop the connection without acting
   drop_before    close the connection without acting and without answering
@@ -57,15 +59,19 @@ class Fault:
     retry_after: float | None = None
     delay: float = 0.0
     times: int = 1  # 0 = until cleared
+    body: str = ""  # regular expression searched in the request body ("" matches all)
     hits: int = field(default=0)
 
     def __post_init__(self) -> None:
         if self.kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault kind {self.kind!r}; use one of {FAULT_KINDS}")
         self._rx = re.compile(self.path)
+        self._body_rx = re.compile(self.body) if self.body else None
 
-    def matches(self, method: str, path: str) -> bool:
+    def matches(self, method: str, path: str, body: str = "") -> bool:
         if self.method is not None and self.method.upper() != method.upper():
+            return False
+        if self._body_rx is not None and self._body_rx.search(body) is None:
             return False
         return self._rx.search(path) is not None
 
@@ -78,6 +84,7 @@ class Fault:
             "retry_after": self.retry_after,
             "delay": self.delay,
             "times": self.times,
+            "body": self.body,
             "hits": self.hits,
         }
 
@@ -106,10 +113,10 @@ class FaultPlan:
         with self._lock:
             return list(self._faults)
 
-    def take(self, method: str, path: str) -> Fault | None:
+    def take(self, method: str, path: str, body: str = "") -> Fault | None:
         with self._lock:
             for fault in self._faults:
-                if fault.matches(method, path):
+                if fault.matches(method, path, body):
                     fault.hits += 1
                     if fault.times and fault.hits >= fault.times:
                         self._faults.remove(fault)

@@ -247,7 +247,11 @@ class SimServer:
         )
         route, match = self._match(req)
         control = route is not None and route.control
-        fault = None if control else self.faults.take(req.method, path)
+        fault = (
+            None
+            if control
+            else self.faults.take(req.method, path, req.body.decode("utf-8", "replace"))
+        )
         resp: Response | None = None
         try:
             resp = self._respond(req, route, match, fault)
@@ -320,6 +324,10 @@ class SimServer:
     ) -> Response:
         if fault is not None:
             if fault.kind == "latency":
+                if self.clock.frozen:
+                    # Simulated time passes too: the request is acted on `delay`
+                    # seconds after it arrived, as a slow real service would.
+                    self.clock.advance(fault.delay)
                 time.sleep(fault.delay)
             elif fault.kind == "timeout":
                 time.sleep(fault.delay or 60.0)
