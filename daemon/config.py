@@ -158,6 +158,7 @@ class DeliverySettings:
     max_age: float = 86400.0
     backoff_base: float = 2.0
     backoff_max: float = 600.0
+    event_timeout: float = 120.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,6 +301,7 @@ class Settings:
             ("IXM_MAX_AGE", _show(de.max_age)),
             ("IXM_BACKOFF_BASE", _show(de.backoff_base)),
             ("IXM_BACKOFF_MAX", _show(de.backoff_max)),
+            ("IXM_EVENT_TIMEOUT", _show(de.event_timeout)),
             ("IXM_WRITEBACK", _show(wb.enabled)),
             ("IXM_WRITEBACK_INTERVAL", _show(wb.interval)),
             ("IXM_WRITEBACK_GRACE", _show(wb.grace)),
@@ -971,6 +973,7 @@ def _load_delivery(env: _Env) -> DeliverySettings:
         max_age=env.seconds("IXM_MAX_AGE", 86400.0, lo=1.0),
         backoff_base=base,
         backoff_max=maximum,
+        event_timeout=env.seconds("IXM_EVENT_TIMEOUT", 120.0, lo=1.0),
     )
 
 

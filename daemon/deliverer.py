@@ -5,17 +5,32 @@ Guarantees, and how:
   tried, so a terminate never overtakes its page, nor a note its predecessor.
 - Nothing lost: an action leaves ``pending`` only as ``done``, ``dead`` (kept for
   inspection and ``retry``) or ``skipped`` by a person.
+- Two lanes per incident: pages and terminations (xMatters) in one, notes (Ivanti)
+  in the other, so a note that keeps failing never holds up a page.
 - Nothing doubled: an attempt is committed *before* the request goes out. An
   attempt found unfinished (the daemon died mid-request) or one that ended in a
-  timeout or dropped connection has an unknown outcome, and the next try first
-  asks the peer whether it already happened: for a page, whether xMatters has a
-  live event for the incident that the daemon does not know yet; for a note,
-  whether the incident's journal already holds that note.
+  timeout or dropped connection leaves the action ``unsettled``, and the next try
+  first asks the peer whether it already happened: for a page, whether xMatters has
+  an event that belongs to *this* page (its requestId, else its Type and recipient,
+  created after the page was first sent: see ``daemon.landed``); for a note,
+  whether the incident's journal already holds that note. Where the peer cannot be
+  asked (no xMatters REST access) the page is re-sent and the log says it may be
+  a duplicate: a possible duplicate beats a certain miss.
+- A page is done when its event is seen, not when the trigger is accepted: a
+  trigger that xMatters' flood control suppressed, or whose flow failed, answers
+  202 and makes no event. After ``event_timeout`` without one it is re-sent (after
+  a last look), with a WARNING.
 - Retries back off exponentially with jitter, honouring Retry-After; after
-  ``max_attempts`` or ``max_age`` the action is dead-lettered with its reason.
+  ``max_attempts`` or ``max_age`` the action is dead-lettered with its reason. An
+  authentication failure (401) is retried until ``max_age`` (a credential blip or a
+  rotated password must not lose pages), with an ERROR line each time.
 - Flood control: xMatters suppresses (drops) the 5th alert within a minute to the
-  same recipients. Pages are therefore queued, never dropped, so that at most
-  ``flood_limit`` go to one recipient in any 60 s.
+  same recipients, counted when it accepts each. Pages are therefore queued, never
+  dropped, so that at most ``flood_limit`` go to one recipient in any 60 s plus
+  ``flood_margin``, counted from when xMatters answered (the latest moment it can
+  have accepted a page), never from when the request started.
+- A page goes out only while its incident is still open and critical: one retried
+  after the incident was resolved is skipped, saying why.
 """
 
 from __future__ import annotations
@@ -28,8 +43,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from daemon.domain import FORM_PROPERTY_LIMITS, Policy
-from daemon.errors import ApiError, NotFound, OutcomeUnknown, PermanentError
+from daemon.errors import ApiError, AuthError, NotFound, OutcomeUnknown, PermanentError
 from daemon.ivanti import IvantiClient
+from daemon.landed import proof_of_page
 from daemon.logs import log_event
 from daemon.models import OutboxAction
 from daemon.store import Head, Store, Unit
@@ -86,6 +102,18 @@ class DeliveryConfig:
     group_response_options: tuple[str, ...] = ()
     event_priority: str = "MEDIUM"
     form_trigger_url: str | None = None
+    # Added to xMatters' 60 s flood-control window: the daemon's and xMatters' clocks
+    # and the time an answer takes to come back.
+    flood_margin: timedelta = timedelta(seconds=5)
+    # How long after xMatters accepted a page its event may take to appear (a flow
+    # creates it asynchronously) before the page counts as not delivered.
+    event_timeout: timedelta = timedelta(seconds=120)
+    # How far an event's creation time (xMatters' clock) may precede the page's first
+    # attempt (the daemon's clock) and still be taken as that page's.
+    clock_margin: timedelta = timedelta(seconds=10)
+    # After this many failed attempts at a note with an assignment, the note is
+    # written alone (and a second note says the assignment failed).
+    assign_fallback_after: int = 3
 
 
 @dataclass
@@ -94,6 +122,9 @@ class DeliveryResult:
     retried: list[int] = field(default_factory=list)
     dead: list[int] = field(default_factory=list)
     deferred: list[int] = field(default_factory=list)
+    skipped: list[int] = field(default_factory=list)
+    # pages accepted by xMatters whose event did not appear within event_timeout
+    no_event: list[int] = field(default_factory=list)
 
     @property
     def attempted(self) -> int:
@@ -112,6 +143,39 @@ class _Outcome:
     entity: Mapping[str, Any] | None = None  # Ivanti's answer to the write
     follow_up_note: str | None = None
     http_status: int | None = None
+    # the trigger was accepted, its event not seen yet: the page waits for it
+    awaiting_event: bool = False
+    skipped: bool = False  # nothing was sent, and nothing needs to be
+
+
+@dataclass(frozen=True)
+class _Call:
+    """What one attempt is to do, read from the DB when the attempt was recorded."""
+
+    kind: str
+    rec_id: str
+    payload: dict[str, Any]
+    unknown: bool  # an earlier attempt may have landed: check before re-sending
+    request_id: str | None
+    since: datetime  # when this action was first sent
+    known_events: frozenset[str]  # events the daemon ties to other actions
+    done_same_notes: int
+    assign_fallback: bool
+    last_error: str | None
+    stale: str | None = None  # why this page should no longer go out, if it should not
+
+
+@dataclass(frozen=True)
+class _Confirmation:
+    """A page xMatters accepted whose event has not been seen yet."""
+
+    action_id: int
+    rec_id: str
+    payload: dict[str, Any]
+    request_id: str | None
+    accepted_at: datetime
+    since: datetime
+    known_events: frozenset[str]
 
 
 class Deliverer:
@@ -172,6 +236,8 @@ class Deliverer:
             total.retried += r.retried
             total.dead += r.dead
             total.deferred += r.deferred
+            total.skipped += r.skipped
+            total.no_event += r.no_event
             if not r.done:
                 break
         return total
@@ -186,56 +252,139 @@ class Deliverer:
             action = head.action
             if self._give_up(u, action, now, result):
                 return
-            if action.kind == "page":
-                wait_until = self._flood_wait(u, action, now)
-                if wait_until is not None:
-                    action.next_attempt_at = wait_until
-                    action.outcome = (  # never sent yet, so no unknown outcome is lost here
-                        f"queued: xMatters flood control (at most "
-                        f"{self.cfg.flood_limit_per_min} alerts a minute to {action.recipient})"
-                    )
-                    result.deferred.append(action.id)
-                    return
             cut = head.unfinished_attempt
-            if cut is not None and now < cut.started_at + self.cfg.settle:
-                # The daemon died with this request in flight, and the peer may act on
-                # it for as long as the request could have lasted. Looking earlier could
-                # find nothing yet and re-send: two pages. So look only after that.
-                action.next_attempt_at = cut.started_at + self.cfg.settle
-                action.outcome = "unknown"
-                result.deferred.append(action.id)
+            if action.kind == "page" and action.accepted_at is not None and cut is None:
+                check = self._confirmation(u, action)
+            elif not self._may_send(u, head, now, result):
                 return
-            unknown = cut is not None or action.outcome == "unknown"
-            if head.unfinished_attempt is not None:
-                head.unfinished_attempt.finished_at = now
-                head.unfinished_attempt.outcome = "unknown"
-                head.unfinished_attempt.error = "attempt cut short (daemon stopped mid-request)"
-            attempt_id = u.start_attempt(action, now).id
-            if action.kind == "note" and action.payload.get("assign"):
-                # Record the Owner/Status the daemon is about to write *before* writing
-                # it, so no poll (even one after a crash right after Ivanti accepted
-                # it) reads the daemon's own change back as a transition.
-                self._patch_snapshot(u, action, revert=False)
-            kind = action.kind
-            payload = dict(action.payload)
-            rec_id = action.rec_id
-            request_id = action.request_id
-            known_events = {e.event_id for e in u.events_for(rec_id)}
-            done_same_notes = (
-                u.done_notes_with_text(rec_id, str(payload.get("note", "")))
-                if kind == "note"
-                else 0
-            )
+            else:
+                check = None
+                attempt_id, call = self._start(u, head, now)
+        if check is not None:
+            self._confirm(check, result)
+            return
         # The attempt is committed: from here a crash leaves it unfinished, and the
         # next try checks the peer before re-sending.
         try:
-            outcome = self._perform(
-                kind, rec_id, payload, unknown, request_id, known_events, done_same_notes
-            )
+            outcome = self._perform(call)
         except ApiError as exc:  # Transient, OutcomeUnknown and Permanent alike
             self._record_failure(action_id, attempt_id, exc, result)
             return
         self._record_success(action_id, attempt_id, outcome, result)
+
+    def _start(self, u: Unit, head: Head, now: datetime) -> tuple[int, _Call]:
+        """Record the attempt (before anything is sent) and what it is to send."""
+        action = head.action
+        cut = head.unfinished_attempt
+        unknown = cut is not None or action.unsettled
+        if cut is not None:
+            cut.finished_at = now
+            cut.outcome = "unknown"
+            cut.error = "attempt cut short (daemon stopped mid-request)"
+        fallback = self._assignment_fallback(action)
+        since = self._first_sent(u, action) or now
+        attempt_id = u.start_attempt(action, now).id
+        if action.kind == "note" and action.payload.get("assign") and not fallback:
+            # Record the Owner/Status the daemon is about to write *before* writing
+            # it, so no poll (even one after a crash right after Ivanti accepted
+            # it) reads the daemon's own change back as a transition.
+            self._patch_snapshot(u, action, revert=False)
+        call = _Call(
+            kind=action.kind,
+            rec_id=action.rec_id,
+            payload=dict(action.payload),
+            unknown=unknown,
+            request_id=action.request_id,
+            since=since,
+            known_events=self._known_events(u, action),
+            done_same_notes=(
+                u.done_notes_with_text(action.rec_id, str(action.payload.get("note", "")))
+                if action.kind == "note"
+                else 0
+            ),
+            assign_fallback=fallback,
+            last_error=action.last_error,
+            stale=self._no_longer_pages(u, action) if action.kind == "page" else None,
+        )
+        return attempt_id, call
+
+    def _may_send(self, u: Unit, head: Head, now: datetime, result: DeliveryResult) -> bool:
+        """Whether the head may be sent now; if not, it is rescheduled (or skipped)."""
+        action = head.action
+        if action.kind == "page" and not action.unsettled and head.unfinished_attempt is None:
+            # (an unsettled page is looked up first: see _page)
+            why = self._no_longer_pages(u, action)
+            if why is not None:
+                action.state = "skipped"
+                action.outcome = f"not sent: {why}"
+                action.updated_at = now
+                action.done_at = now
+                result.skipped.append(action.id)
+                log_event(
+                    log,
+                    logging.WARNING,
+                    "page not sent: its incident no longer pages",
+                    action=action.id,
+                    incident=action.incident_number,
+                    why=why,
+                )
+                return False
+        if action.kind == "page":
+            wait_until = self._flood_wait(u, action, now)
+            if wait_until is not None:
+                action.next_attempt_at = wait_until
+                action.outcome = (  # nothing is lost by waiting: `unsettled` is kept
+                    f"queued: xMatters flood control (at most "
+                    f"{self.cfg.flood_limit_per_min} alerts a minute to {action.recipient})"
+                )
+                result.deferred.append(action.id)
+                return False
+        cut = head.unfinished_attempt
+        if cut is not None and now < cut.started_at + self.cfg.settle:
+            # The daemon died with this request in flight, and the peer may act on
+            # it for as long as the request could have lasted. Looking earlier could
+            # find nothing yet and re-send: two pages. So look only after that.
+            action.next_attempt_at = cut.started_at + self.cfg.settle
+            action.outcome = "unknown"
+            action.unsettled = True
+            result.deferred.append(action.id)
+            return False
+        return True
+
+    def _no_longer_pages(self, u: Unit, action: OutboxAction) -> str | None:
+        """Why a page that has not gone out yet should not go out at all: its incident
+        was resolved (or is no longer critical) since it was planned, as when a dead
+        page is retried after the fact. Its event would never be terminated."""
+        row = u.incident(action.rec_id)
+        if row is None or row.deleted:
+            return None if row is None else f"incident {action.incident_number} was deleted"
+        if row.status_class != "open":
+            return f"incident {action.incident_number} is {row.status} now"
+        if not row.critical:
+            return (
+                f"incident {action.incident_number} is Priority {row.priority} now (not critical)"
+            )
+        return None
+
+    def _assignment_fallback(self, action: OutboxAction) -> bool:
+        """A note whose Owner/Status write keeps failing is written alone from now on."""
+        return (
+            action.kind == "note"
+            and bool(action.payload.get("assign"))
+            and action.attempts >= self.cfg.assign_fallback_after
+        )
+
+    @staticmethod
+    def _first_sent(u: Unit, action: OutboxAction) -> datetime | None:
+        attempts = u.attempts_for(action.id)
+        return attempts[0].started_at if attempts else None
+
+    @staticmethod
+    def _known_events(u: Unit, action: OutboxAction) -> frozenset[str]:
+        """Events the daemon ties to *other* actions: never proof that this page landed."""
+        return frozenset(
+            e.event_id for e in u.events_for(action.rec_id) if e.outbox_id != action.id
+        )
 
     def _head(self, u: Unit, action_id: int, now: datetime) -> Head | None:
         action = u.action(action_id)
@@ -246,8 +395,8 @@ class Deliverer:
     def _give_up(
         self, u: Unit, action: OutboxAction, now: datetime, result: DeliveryResult
     ) -> bool:
-        too_many = action.attempts >= self.cfg.max_attempts
-        too_old = now - action.created_at > self.cfg.max_age
+        too_many = action.attempts >= self.cfg.max_attempts and not self._last_was_auth(u, action)
+        too_old = now - (action.queued_at or action.created_at) > self.cfg.max_age
         if not (too_many or too_old):
             return False
         why = (
@@ -255,9 +404,19 @@ class Deliverer:
             if too_many
             else f"gave up: older than {self.cfg.max_age}"
         )
+        if action.accepted_at is not None:
+            # accepted but its event never seen: a `retry` looks again before re-sending
+            action.unsettled = True
+            action.accepted_at = None
         self._dead(u, action, now, f"{why}; last error: {action.last_error or 'none'}")
         result.dead.append(action.id)
         return True
+
+    @staticmethod
+    def _last_was_auth(u: Unit, action: OutboxAction) -> bool:
+        """An authentication failure is retried until max_age, not max_attempts."""
+        attempts = u.attempts_for(action.id)
+        return bool(attempts) and attempts[-1].http_status == 401
 
     def _dead(self, u: Unit, action: OutboxAction, now: datetime, reason: str) -> None:
         action.state = "dead"
@@ -274,41 +433,135 @@ class Deliverer:
         )
 
     def _flood_wait(self, u: Unit, action: OutboxAction, now: datetime) -> datetime | None:
-        if not action.recipient or action.sent_at is not None:
+        if not action.recipient:
             return None
         limit = self.cfg.flood_limit_per_min
+        window = timedelta(seconds=60) + self.cfg.flood_margin
         # Sends stamped after `now` happened before the clock was set back: xMatters
         # counts its own trailing minute, which does not include them.
         sent = [
-            t for t in u.pages_sent_since(action.recipient, now - timedelta(seconds=60)) if t <= now
+            t
+            for t in u.pages_sent_since(action.recipient, now - window, besides=action.id)
+            if t <= now
         ]
         if len(sent) < limit:
             return None
-        return sent[-limit] + timedelta(seconds=60, milliseconds=10)
+        return sent[-limit] + window
+
+    # ----- confirming an accepted page ---------------------------------------------------
+    def _confirmation(self, u: Unit, action: OutboxAction) -> _Confirmation:
+        assert action.accepted_at is not None
+        return _Confirmation(
+            action_id=action.id,
+            rec_id=action.rec_id,
+            payload=dict(action.payload),
+            request_id=action.request_id,
+            accepted_at=action.accepted_at,
+            since=self._first_sent(u, action) or action.accepted_at,
+            known_events=self._known_events(u, action),
+        )
+
+    def _confirm(self, c: _Confirmation, result: DeliveryResult) -> None:
+        """Look for the event of a page xMatters accepted; done when it is there."""
+        error: str | None = None
+        try:
+            events = self._proof(c.rec_id, c.payload, c.request_id, c.since, c.known_events)
+        except ApiError as exc:
+            events, error = [], str(exc)
+        now = self.now()
+        with self.store.unit() as u:
+            action = u.action(c.action_id)
+            if action is None or action.state != "pending" or action.accepted_at is None:
+                return
+            if events:
+                self._finish_page(u, action, events, now)
+                action.outcome = (
+                    f"triggered {c.payload.get('type')} (requestId {c.request_id}); event "
+                    + ", ".join(str(e.get("id")) for e in events)
+                    + f", seen {int((now - c.accepted_at).total_seconds())} s after acceptance"
+                )
+                result.done.append(action.id)
+                return
+            waited = now - c.accepted_at
+            if waited < self.cfg.event_timeout:
+                step = min(30.0, max(1.0, waited.total_seconds()))
+                action.next_attempt_at = now + timedelta(seconds=step)
+                action.updated_at = now
+                if error:
+                    action.last_error = f"looking for the page's event: {error}"
+                result.deferred.append(action.id)
+                return
+            why = (
+                f"xMatters accepted the page (requestId {c.request_id}) at "
+                f"{c.accepted_at.isoformat()} but no event for it appeared within "
+                f"{int(self.cfg.event_timeout.total_seconds())} s: flood control suppressed "
+                "it or the flow failed (see the workflow's Activity panel)"
+                + (f"; last look-up failed: {error}" if error else "")
+            )
+            tried = u.attempts_for(action.id)
+            if tried:  # the attempt that was accepted did not page anyone: say so there
+                tried[-1].outcome = "no_event"
+                tried[-1].error = why
+            action.accepted_at = None
+            action.unsettled = True  # one more look before it is sent again
+            action.outcome = "unknown"
+            action.last_error = why
+            action.next_attempt_at = now
+            action.updated_at = now
+            result.no_event.append(action.id)
+            log_event(
+                log,
+                logging.WARNING,
+                "page accepted but no event appeared; sending it again",
+                action=action.id,
+                incident=action.incident_number,
+                request_id=c.request_id,
+                waited=f"{int(waited.total_seconds())}s",
+            )
+
+    def _finish_page(
+        self, u: Unit, action: OutboxAction, events: Sequence[Mapping[str, Any]], now: datetime
+    ) -> None:
+        """The page's event is known: the page is done, and supersedes older events."""
+        action.state = "done"
+        action.done_at = now
+        action.updated_at = now
+        action.last_error = None
+        action.unsettled = False
+        new_ids = []
+        for ev in events:
+            eid = str(ev.get("id"))
+            new_ids.append(eid)
+            row = u.add_event(
+                event_id=eid,
+                rec_id=action.rec_id,
+                outbox_id=action.id,
+                request_id=str(ev.get("requestId") or action.request_id or "") or None,
+                number=str(ev.get("eventId")) if ev.get("eventId") is not None else None,
+                status=str(ev.get("status") or "ACTIVE"),
+                now=now,
+            )
+            row.outbox_id = action.id
+        u.mark_terminated(action.rec_id, now, except_ids=new_ids)
 
     # ----- the calls ---------------------------------------------------------------------
-    def _perform(
-        self,
-        kind: str,
-        rec_id: str,
-        payload: dict[str, Any],
-        unknown: bool,
-        request_id: str | None,
-        known_events: set[str],
-        done_same_notes: int,
-    ) -> _Outcome:
-        if kind == "page":
-            return self._page(rec_id, payload, unknown, request_id, known_events)
-        if kind == "terminate":
-            return self._terminate(rec_id, payload, unknown)
-        if kind == "note":
-            return self._note(rec_id, payload, unknown, done_same_notes)
-        raise PermanentError("daemon", kind, f"unknown action kind {kind!r}")
+    def _perform(self, call: _Call) -> _Outcome:
+        if call.kind == "page":
+            return self._page(call)
+        if call.kind == "terminate":
+            return self._terminate(call.rec_id, call.payload, call.unknown)
+        if call.kind == "note":
+            return self._note(call)
+        raise PermanentError("daemon", call.kind, f"unknown action kind {call.kind!r}")
 
     def _require_xm(self) -> XMattersClient:
         if self.xm is None:
             raise PermanentError("xmatters", "config", "xMatters is not configured")
         return self.xm
+
+    def _can_look(self) -> bool:
+        """Whether xMatters can be asked anything (REST credentials are configured)."""
+        return self.xm is not None and self.xm.has_rest
 
     def _live_events(self, rec_id: str) -> list[dict[str, Any]]:
         xm = self._require_xm()
@@ -316,15 +569,9 @@ class Deliverer:
             property_name=self.cfg.recid_property, property_value=rec_id, statuses=LIVE
         )
 
-    def _page(
-        self,
-        rec_id: str,
-        payload: dict[str, Any],
-        unknown: bool,
-        request_id: str | None,
-        known_events: set[str],
-    ) -> _Outcome:
+    def _page(self, call: _Call) -> _Outcome:
         xm = self._require_xm()
+        payload = call.payload
         recipient = payload.get("recipient") or {}
         if not recipient.get("id"):
             raise PermanentError(
@@ -333,68 +580,112 @@ class Deliverer:
                 "incident has neither Owner nor OwnerTeam: nobody to page; set one in Ivanti "
                 "and replay with `ivanti-xmatters retry`",
             )
-        if unknown:
-            landed = self._landed(rec_id, request_id, known_events)
-            if landed is not None:
-                return landed
-        if self.cfg.mode == "direct":
-            for ev in self._live_events(rec_id):
-                xm.terminate_event(str(ev["id"]))
-            body = self._form_body(payload)
-            rid = xm.trigger(body, url=self.cfg.form_trigger_url)
-        else:
-            rid = xm.trigger(fit_form_limits(payload["workflow"]))
-        events = self._events_of_request(rid)
-        summary = f"triggered {payload.get('type')} (requestId {rid})"
-        if events:
-            summary += "; event " + ", ".join(str(e.get("id")) for e in events)
-        else:
-            summary += "; event not visible yet (looked up again by the write-back job)"
-        return _Outcome(summary, request_id=rid, events=events, terminated_all=True)
-
-    def _events_of_request(self, request_id: str) -> list[dict[str, Any]]:
-        """The events of an accepted trigger, or [] when the look-up fails.
-
-        The trigger was accepted: the page has happened. Failing the action now
-        would re-send it on the next try (a second event), so a failed look-up only
-        leaves the event id for the write-back job's discovery to learn later.
-        """
-        try:
-            return self._require_xm().find_events(request_id=request_id)
-        except ApiError as exc:
+        resent = ""
+        if call.unknown and self._can_look():
+            found = self._proof(
+                call.rec_id, payload, call.request_id, call.since, call.known_events
+            )
+            if found:
+                ids = ", ".join(str(e.get("id")) for e in found)
+                return _Outcome(
+                    f"earlier attempt had landed (event {ids} is this page's); not re-sent",
+                    request_id=call.request_id or str(found[0].get("requestId") or "") or None,
+                    events=found,
+                    terminated_all=True,
+                )
+            if call.stale:
+                return _Outcome(f"not sent: {call.stale}", skipped=True)
+            resent = "; re-sent: no event of this page found after an attempt of unknown outcome"
+        elif call.stale:
+            return _Outcome(f"not sent: {call.stale}", skipped=True)
+        elif call.unknown:
+            resent = (
+                "; re-sent without a check (no xMatters REST access to look the earlier "
+                "attempt up): this may have paged twice"
+            )
             log_event(
                 log,
                 logging.WARNING,
-                "trigger accepted but its event could not be looked up (found later)",
-                request_id=request_id,
-                error=str(exc),
+                "re-sending a page whose earlier attempt may have landed; without xMatters "
+                "REST credentials it cannot be checked, so this may page twice",
+                incident=payload.get("workflow", {}).get("IncidentID"),
+                type=payload.get("type"),
             )
-            return []
+        if self.cfg.mode == "direct":
+            for ev in self._live_events(call.rec_id):
+                xm.terminate_event(str(ev["id"]))
+            rid = xm.trigger(self._form_body(payload), url=self.cfg.form_trigger_url)
+        else:
+            rid = xm.trigger(fit_form_limits(payload["workflow"]))
+        summary = f"triggered {payload.get('type')} (requestId {rid}){resent}"
+        if not self._can_look():
+            return _Outcome(
+                summary + "; event not looked up (no xMatters REST access)",
+                request_id=rid,
+                terminated_all=True,
+            )
+        events = self._events_of_request(call.rec_id, payload, rid, call.since, call.known_events)
+        if events:
+            summary += "; event " + ", ".join(str(e.get("id")) for e in events)
+            return _Outcome(summary, request_id=rid, events=events, terminated_all=True)
+        return _Outcome(
+            summary + "; waiting for its event to appear",
+            request_id=rid,
+            awaiting_event=True,
+        )
 
-    def _landed(
-        self, rec_id: str, request_id: str | None, known_events: set[str]
-    ) -> _Outcome | None:
-        """After an attempt with an unknown outcome: did the page reach xMatters?"""
+    def _proof(
+        self,
+        rec_id: str,
+        payload: Mapping[str, Any],
+        request_id: str | None,
+        since: datetime,
+        known: frozenset[str],
+    ) -> list[dict[str, Any]]:
+        """The xMatters events that belong to this page: by its requestId, else those
+        of the incident that match its Type and recipient and were created after it
+        was first sent (``daemon.landed``). [] when there are none."""
         xm = self._require_xm()
         if request_id:
             events = xm.find_events(request_id=request_id)
             if events:
-                return _Outcome(
-                    f"earlier attempt had landed (requestId {request_id}); not re-sent",
-                    request_id=request_id,
-                    events=events,
-                    terminated_all=True,
-                )
-        fresh = [e for e in self._live_events(rec_id) if str(e.get("id")) not in known_events]
-        if fresh:
-            ids = ", ".join(str(e.get("id")) for e in fresh)
-            return _Outcome(
-                f"earlier attempt had landed (live event {ids} found); not re-sent",
-                request_id=str(fresh[0].get("requestId") or "") or None,
-                events=fresh,
-                terminated_all=True,
+                return events
+        candidates = xm.find_events(
+            property_name=self.cfg.recid_property,
+            property_value=rec_id,
+            embed=("properties", "recipients"),
+        )
+        return proof_of_page(
+            candidates,
+            page_type=str(payload.get("type") or ""),
+            recipient=str((payload.get("recipient") or {}).get("id") or ""),
+            since=since,
+            known=known,
+            margin=self.cfg.clock_margin,
+        )
+
+    def _events_of_request(
+        self,
+        rec_id: str,
+        payload: Mapping[str, Any],
+        request_id: str,
+        since: datetime,
+        known: frozenset[str],
+    ) -> list[dict[str, Any]]:
+        """The events of an accepted trigger, or [] when none is visible yet or the
+        look-up fails: the page then waits for its event (``_confirm``), it is not
+        re-sent, as the trigger was accepted."""
+        try:
+            return self._proof(rec_id, payload, request_id, since, known)
+        except ApiError as exc:
+            log_event(
+                log,
+                logging.WARNING,
+                "trigger accepted but its event could not be looked up (looked up again)",
+                request_id=request_id,
+                error=str(exc),
             )
-        return None
+            return []
 
     def _form_body(self, payload: Mapping[str, Any]) -> dict[str, Any]:
         recipient = dict(payload["recipient"])
@@ -417,7 +708,7 @@ class Deliverer:
             for ev in live:
                 xm.terminate_event(str(ev["id"]))
             return _Outcome(f"terminated {len(live)} live event(s)", terminated_all=True)
-        if unknown and not self._live_events(rec_id):
+        if unknown and self._can_look() and not self._live_events(rec_id):
             # The earlier Terminate trigger may have run: nothing of the incident is
             # live any more, so sending it again would only be a second request.
             return _Outcome(
@@ -431,28 +722,41 @@ class Deliverer:
             terminated_all=True,
         )
 
-    def _note(
-        self, rec_id: str, payload: dict[str, Any], unknown: bool, done_same_notes: int
-    ) -> _Outcome:
+    def _note(self, call: _Call) -> _Outcome:
         if self.ivanti is None:
             raise PermanentError("ivanti", "config", "Ivanti is not configured")
+        rec_id, payload = call.rec_id, call.payload
         text = str(payload["note"])
         fields: dict[str, Any] = {"NewNotes": text}
         assign = payload.get("assign") or None
+        if call.unknown:
+            notes = self.ivanti.list_notes(rec_id)
+            already = sum(1 for n in notes if str(n.get("NotesBody", "")).strip() == text.strip())
+            if already > call.done_same_notes:
+                return _Outcome("earlier attempt had written this note; not re-sent")
+        if assign and call.assign_fallback:
+            # The Owner/Status write has failed attempt after attempt (an Owner that is
+            # not a valid Ivanti login answers 500): the response itself must not wait.
+            entity = self.ivanti.update_incident(rec_id, fields)
+            why = call.last_error or "no answer"
+            return _Outcome(
+                f"note written alone; the assignment to {assign['owner']} kept failing: {why}",
+                written=fields,
+                entity=entity,
+                follow_up_note=(
+                    f"{self.notes_prefix} Assignment to {assign['owner']} failed after "
+                    f"{self.cfg.assign_fallback_after} attempts; set the Owner by hand"
+                ),
+            )
         if assign:
             fields["Owner"] = assign["owner"]
             fields["Status"] = assign.get("status", "Active")
-        if unknown:
-            notes = self.ivanti.list_notes(rec_id)
-            already = sum(1 for n in notes if str(n.get("NotesBody", "")).strip() == text.strip())
-            if already > done_same_notes:
-                return _Outcome("earlier attempt had written this note; not re-sent")
         try:
             entity = self.ivanti.update_incident(rec_id, fields)
         except NotFound:
             raise
         except PermanentError as exc:
-            if not assign:
+            if not assign or isinstance(exc, AuthError):
                 raise
             # Ivanti refused the Owner/Status change (empty Category, prompt-gated
             # transition...): still write the note, then say why the assignment failed.
@@ -486,13 +790,45 @@ class Deliverer:
         with self.store.unit() as u:
             action, attempt = u.finish_attempt(action_id, attempt_id, now)
             attempt.outcome = "ok"
-            action.state = "done"
+            if action.kind == "page":
+                action.sent_at = now  # the latest moment xMatters can have counted it
+            if outcome.request_id:
+                action.request_id = outcome.request_id
+            if outcome.awaiting_event:
+                # Accepted, but no event yet: done only once it is seen (``_confirm``).
+                action.accepted_at = now
+                action.unsettled = False
+                action.outcome = outcome.summary
+                action.last_error = None
+                action.next_attempt_at = now + timedelta(seconds=1)
+                result.deferred.append(action_id)
+                log_event(
+                    log,
+                    logging.INFO,
+                    "page accepted by xMatters; waiting for its event",
+                    action=action_id,
+                    incident=action.incident_number,
+                    request_id=outcome.request_id,
+                )
+                return
+            action.state = "skipped" if outcome.skipped else "done"
             action.done_at = now
             action.updated_at = now
             action.outcome = outcome.summary
             action.last_error = None
-            if outcome.request_id:
-                action.request_id = outcome.request_id
+            action.unsettled = False
+            if outcome.skipped:
+                action.sent_at = None  # nothing went out: it counts towards no flood limit
+                result.skipped.append(action_id)
+                log_event(
+                    log,
+                    logging.WARNING,
+                    "page not sent: its incident no longer pages",
+                    action=action_id,
+                    incident=action.incident_number,
+                    why=outcome.summary,
+                )
+                return
             new_ids = []
             for ev in outcome.events:
                 eid = str(ev.get("id"))
@@ -582,24 +918,23 @@ class Deliverer:
             attempt.error = str(exc)[:2000]
             action.last_error = str(exc)[:2000]
             action.updated_at = now
-            if (
-                action.kind == "note"
-                and action.payload.get("assign")
-                and not isinstance(exc, OutcomeUnknown)
-            ):
+            unknown = isinstance(exc, OutcomeUnknown)
+            if action.kind == "page" and unknown:
+                action.sent_at = now  # xMatters may have counted it up to now
+            if action.kind == "note" and action.payload.get("assign") and not unknown:
                 self._patch_snapshot(u, action, revert=True)  # Ivanti did not change
-            if isinstance(exc, PermanentError):
+            auth = isinstance(exc, AuthError) and attempt.http_status == 401
+            if isinstance(exc, PermanentError) and not auth:
                 attempt.outcome = "dead"
                 self._dead(u, action, now, f"refused: {exc}")
                 result.dead.append(action_id)
                 return
-            unknown = isinstance(exc, OutcomeUnknown)
             attempt.outcome = "unknown" if unknown else "retry"
             # An earlier unknown outcome stays unknown until a check settles it: if the
             # check itself failed (e.g. the event look-up timed out), the next try must
             # look again rather than re-send blindly.
-            still_unknown = unknown or action.outcome == "unknown"
-            action.outcome = "unknown" if still_unknown else "retrying"
+            action.unsettled = bool(unknown or action.unsettled)
+            action.outcome = "unknown" if action.unsettled else "retrying"
             delay = self._backoff(action.attempts, getattr(exc, "retry_after", None))
             action.next_attempt_at = now + timedelta(seconds=delay)
             if unknown:  # as after a crash: let the peer finish before looking
@@ -607,6 +942,22 @@ class Deliverer:
                     action.next_attempt_at, attempt.started_at + self.cfg.settle
                 )
             result.retried.append(action_id)
+            if auth:
+                api = "Ivanti" if action.kind == "note" else "xMatters"
+                log_event(
+                    log,
+                    logging.ERROR,
+                    f"{api} refused the daemon's credentials (401); retrying with backoff "
+                    f"until the action is {self.cfg.max_age} old: check them "
+                    "(`ivanti-xmatters check`)",
+                    action=action_id,
+                    kind=action.kind,
+                    incident=action.incident_number,
+                    attempt=action.attempts,
+                    retry_in=f"{delay:.1f}s",
+                    error=str(exc),
+                )
+                return
             log_event(
                 log,
                 logging.WARNING,

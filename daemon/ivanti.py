@@ -28,11 +28,12 @@ from __future__ import annotations
 import html
 import json
 import logging
+import math
 import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
@@ -60,6 +61,9 @@ MAX_TOP = 100  # Ivanti answers 400 "Invalid Request Payload" above this
 NOTES_PAGE = 100
 LOGIN_PATH = "/api/rest/authentication/login"
 LOGOUT_PATH = "/api/rest/authentication/logout"
+# After a refused login, the next one waits 30 s, then 60 s, ... up to 15 minutes.
+LOGIN_BACKOFF_BASE_S = 30.0
+LOGIN_BACKOFF_MAX_S = 900.0
 ODATA_PATH = "/api/odata/businessobject"
 
 # Characters left readable in query values; everything else (space, +, &, =, #, %) is encoded.
@@ -148,6 +152,7 @@ class IvantiClient:
         role: str = "Admin",
         timeout: float = 30.0,
         transport: httpx.BaseTransport | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if api_key and (username or password):
             raise ValueError("give either api_key or username and password, not both")
@@ -168,6 +173,12 @@ class IvantiClient:
                 register_secret(secret)
         self._session: str | None = None  # the Authorization header value of the live session
         self._auth_lock = threading.Lock()
+        # Refused logins in a row, and when the next may be tried (on ``clock``): a login
+        # that keeps failing backs off instead of trying every poll, since repeated bad
+        # logins lock a service account out.
+        self._clock = clock
+        self._login_failures = 0
+        self._login_not_before = -math.inf
         self._stats_lock = threading.Lock()
         self.stats: Counter[str] = Counter()
         self.last_server_date: datetime | None = None
@@ -231,8 +242,34 @@ class IvantiClient:
             return f"rest_api_key={self._api_key}"
         with self._auth_lock:
             if self._session is None:
-                self._session = self._login()
+                self._session = self._login_with_backoff()
             return self._session
+
+    def _login_with_backoff(self) -> str:
+        wait = self._login_not_before - self._clock()
+        if wait > 0:
+            raise AuthError(
+                SERVICE,
+                "login",
+                f"the last {self._login_failures} login(s) were refused; not trying again "
+                f"for {wait:.0f} s so the account is not locked out ({LOGIN_HINT})",
+                status=401,
+            )
+        try:
+            key = self._login()
+        except AuthError:
+            self._login_failures += 1
+            delay = min(LOGIN_BACKOFF_MAX_S, LOGIN_BACKOFF_BASE_S * 2 ** (self._login_failures - 1))
+            self._login_not_before = self._clock() + delay
+            log.error(
+                "ivanti login refused (%d in a row); next login in %.0f s at the earliest",
+                self._login_failures,
+                delay,
+            )
+            raise
+        self._login_failures = 0
+        self._login_not_before = -math.inf
+        return key
 
     def _invalidate(self, header: str) -> None:
         """Forget the session only if no other thread has replaced it already."""

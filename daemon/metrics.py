@@ -14,7 +14,7 @@ What each series answers for the person on call:
 * ``ixm_cycle_duration_seconds{kind}`` - poll / baseline / reconcile durations.
 * ``ixm_transitions_total{kind}`` - transitions detected, by use case ("New Incident"...).
 * ``ixm_outbox_actions{state}`` - outbox rows by state; ``dead`` > 0 needs a person.
-* ``ixm_deliveries_total{kind,outcome}`` - delivery attempts: ok / retry / dead / deferred.
+* ``ixm_deliveries_total{kind,outcome}`` - delivery attempts: ok / retry / dead / deferred / skipped / no_event (accepted by xMatters, no event appeared).
 * ``ixm_api_errors_total{api,status}`` - failed API calls by HTTP status (``transport`` when
   no answer came back, ``error`` for anything that is not an API error).
 * ``ixm_auth_failures_total{api}`` - credentials rejected: never fixes itself.
@@ -144,6 +144,8 @@ class Metrics:
             ("retry", result.retried),
             ("dead", result.dead),
             ("deferred", result.deferred),
+            ("skipped", result.skipped),
+            ("no_event", result.no_event),  # accepted by xMatters, no event appeared
         )
         ids = [i for _, members in groups for i in members]
         facts: dict[int, tuple[str, int | None]] = {}

@@ -156,6 +156,17 @@ class OutboxAction(Base):
     request_id: Mapped[str | None] = mapped_column(String(64))
     outcome: Mapped[str | None] = mapped_column(Text)
     last_error: Mapped[str | None] = mapped_column(Text)
+    # An earlier attempt may have reached the peer and no check has settled it yet:
+    # the next try asks the peer before re-sending (kept through dead-letter and retry).
+    unsettled: Mapped[bool] = mapped_column(Boolean, default=False)
+    # When xMatters accepted this page's trigger; the page stays pending until its
+    # event is seen (a suppressed or failed flow makes none).
+    accepted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The age limit (IXM_MAX_AGE) counts from here: creation, or the last `retry`.
+    queued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    requeues: Mapped[int] = mapped_column(Integer, default=0)
+    requeued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    requeued_by: Mapped[str | None] = mapped_column(String(200))
     # Unique key for actions born from an xMatters audit record, so a record
     # read twice never becomes two notes.
     dedupe_key: Mapped[str | None] = mapped_column(String(128), unique=True)
@@ -173,7 +184,7 @@ class Attempt(Base):
     number: Mapped[int] = mapped_column(Integer)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    outcome: Mapped[str | None] = mapped_column(String(16))  # ok|retry|unknown|dead|found
+    outcome: Mapped[str | None] = mapped_column(String(16))  # ok|retry|unknown|dead|found|no_event
     http_status: Mapped[int | None] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text)
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 import uuid
@@ -304,6 +305,7 @@ def gather_status(
         },
         "live_events": sum(u.live_event_counts().values()),
         "incidents": incidents,
+        "delivery": u.delivery_concerns(),
     }
 
 
@@ -344,6 +346,17 @@ def render_status(d: Mapping[str, Any], now: datetime) -> str:
     outbox_line = ", ".join(f"{k} {v}" for k, v in ob.items())
     if d["dead_letters"]:
         outbox_line += f"  ({d['dead_letters']} dead: `ivanti-xmatters outbox --dead`)"
+    concerns = d.get("delivery") or {}
+    worries = [
+        f"{n} {label}"
+        for key, label in (
+            ("awaiting_event", "page(s) accepted by xMatters, waiting for their event"),
+            ("unsettled", "action(s) whose last attempt may have landed (checked before re-send)"),
+            ("auth_failing", "action(s) retrying after a 401: check the credentials"),
+            ("no_event", "page(s) whose event never appeared (sent again)"),
+        )
+        if (n := concerns.get(key, 0))
+    ]
     inc = d["incidents"]
     errors = d["last_errors"]
     lines = [
@@ -360,6 +373,7 @@ def render_status(d: Mapping[str, Any], now: datetime) -> str:
                 ),
                 ("xMatters", f"{d['live_events']} live event(s)"),
                 ("outbox", outbox_line),
+                *(("needs a look", w) for w in worries),
             ]
         ),
         "",
@@ -565,6 +579,16 @@ def _action_entries(a: OutboxAction, attempts: Sequence[Attempt], now: datetime)
         detail.append(f"outcome: {a.outcome}")
     if a.last_error:
         detail.append(f"last error: {a.last_error}")
+    if a.state == "pending" and a.accepted_at is not None:
+        detail.append(f"accepted by xMatters {iso(a.accepted_at)}; waiting for its event to appear")
+    if a.unsettled and a.state in ("pending", "dead"):
+        detail.append(
+            "an earlier attempt may have reached the peer: checked there before any re-send"
+        )
+    if a.requeues:
+        detail.append(
+            f"requeued {a.requeues}x, last {iso(a.requeued_at)} by {a.requeued_by or '?'}"
+        )
     if a.state == "pending":
         detail.append(f"next attempt: {when(a.next_attempt_at, now)}")
     if a.done_at:
@@ -742,6 +766,11 @@ def action_dict(a: OutboxAction) -> dict[str, Any]:
         "reason": a.reason,
         "outcome": a.outcome,
         "last_error": a.last_error,
+        "unsettled": bool(a.unsettled),
+        "accepted": iso(a.accepted_at),
+        "requeues": a.requeues or 0,
+        "requeued": iso(a.requeued_at),
+        "requeued_by": a.requeued_by,
     }
 
 
@@ -782,8 +811,21 @@ def render_outbox(items: Sequence[Mapping[str, Any]], now: datetime) -> str:
 # =========================================================================== retry / skip
 
 
+def operator_name() -> str:
+    """Who runs this command, for the record of a requeue (the sudo caller if any)."""
+    import getpass
+
+    for name in ("SUDO_USER", "LOGNAME", "USER"):
+        if os.environ.get(name):
+            return os.environ[name]
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid {os.getuid()}"
+
+
 def retry_actions(
-    u: Unit, ids: Sequence[int] | None, *, now: datetime
+    u: Unit, ids: Sequence[int] | None, *, now: datetime, by: str | None = None
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """Dead actions back to pending: ``(requeued, refusals)``; nothing changes on a refusal.
 
@@ -809,7 +851,7 @@ def retry_actions(
             return [], refusals
     before = [action_dict(a) for a in targets]
     if targets:
-        u.retry_dead([a.id for a in targets], now)
+        u.retry_dead([a.id for a in targets], now, by=by)
     return before, []
 
 
@@ -830,7 +872,7 @@ def skip_action(
             f"action #{action_id} is {a.state}: only pending or dead actions can be skipped",
         )
     warnings = []
-    if a.outcome == "unknown" or u.unfinished_attempt(a.id) is not None:
+    if a.unsettled or u.unfinished_attempt(a.id) is not None:
         warnings.append(
             "its last attempt had an unknown outcome: it may have reached "
             + ("xMatters" if a.kind != "note" else "Ivanti")
@@ -1025,7 +1067,10 @@ def check_xmatters_rest(settings: Settings, transport: httpx.BaseTransport | Non
         return CheckResult(
             "xmatters REST",
             "SKIP",
-            "XMATTERS_BASE_URL is not set: trigger-only set-up (no write-back, no REST terminate)",
+            "XMATTERS_BASE_URL is not set: trigger-only set-up (no write-back, no REST "
+            "terminate). Nothing can be looked up in xMatters, so a page whose trigger timed "
+            "out or got a 5xx is sent again unchecked: this set-up may page twice after a "
+            "timeout (set XMATTERS_BASE_URL and REST credentials to have it checked)",
         )
     try:
         client = build_xmatters(settings, **({"transport": transport} if transport else {}))
@@ -1422,7 +1467,9 @@ def _cmd_retry(args: argparse.Namespace) -> int:
         return _fail(args, "usage: ivanti-xmatters retry ID [ID ...] | --all-dead", code=2)
 
     def work(u: Unit) -> int:
-        requeued, refusals = retry_actions(u, None if args.all_dead else args.ids, now=utcnow())
+        requeued, refusals = retry_actions(
+            u, None if args.all_dead else args.ids, now=utcnow(), by=operator_name()
+        )
         if refusals:
             return _fail(args, "nothing requeued: " + "; ".join(refusals), refused=refusals)
         if args.json:

@@ -128,6 +128,7 @@ class Service:
                 max_age=timedelta(seconds=d.max_age),
                 backoff_base=d.backoff_base,
                 backoff_max=d.backoff_max,
+                event_timeout=timedelta(seconds=d.event_timeout),
                 flood_limit_per_min=xs.flood_limit_per_min,
                 recid_property=xs.recid_property,
                 user_response_options=xs.user_response_options,

@@ -23,6 +23,7 @@ from sqlalchemy import (
     Engine,
     Table,
     bindparam,
+    case,
     create_engine,
     event,
     func,
@@ -51,6 +52,9 @@ from daemon.snapshot import snapshot_from_json, snapshot_to_json
 _INCIDENTS = cast(Table, Incident.__table__)
 _CHANGES = cast(Table, Change.__table__)
 _OUTBOX = cast(Table, OutboxAction.__table__)
+
+# The delivery lane of an action: xMatters (pages, terminations) or Ivanti (notes).
+_LANE = case((OutboxAction.kind == "note", "ivanti"), else_="xmatters")
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
@@ -427,6 +431,7 @@ class Unit:
             "state": "pending",
             "attempts": 0,
             "created_at": now,
+            "queued_at": now,
             "next_attempt_at": now,
             "updated_at": now,
             "change_id": change_id,
@@ -464,11 +469,16 @@ class Unit:
         return self.s.scalars(q).first() is not None
 
     def heads(self, now: datetime, limit: int = 200) -> list[Head]:
-        """The oldest pending action of each incident, if it is due."""
+        """The oldest pending action of each incident in each lane, if it is due.
+
+        Two lanes, so one API's trouble never holds up the other's actions: pages and
+        terminations (xMatters) keep their order, a terminate never overtaking its
+        page; notes (Ivanti) keep theirs. A note failing for an hour delays no page.
+        """
         first = (
             select(OutboxAction.rec_id, func.min(OutboxAction.id).label("first_id"))
             .where(OutboxAction.state == "pending")
-            .group_by(OutboxAction.rec_id)
+            .group_by(OutboxAction.rec_id, _LANE)
             .subquery()
         )
         q = (
@@ -501,7 +511,9 @@ class Unit:
     def start_attempt(self, action: OutboxAction, now: datetime) -> Attempt:
         action.attempts += 1
         action.updated_at = now
-        if action.kind == "page" and action.sent_at is None:
+        if action.kind == "page":
+            # Counts towards flood control from now; moved to when xMatters answered
+            # once it did (see ``pages_sent_since``).
             action.sent_at = now
         attempt = Attempt(outbox_id=action.id, number=action.attempts, started_at=now)
         self.s.add(attempt)
@@ -520,14 +532,20 @@ class Unit:
         action.updated_at = now
         return action, attempt
 
-    def pages_sent_since(self, recipient: str, since: datetime) -> list[datetime]:
-        """When pages to this recipient were (or may have been) sent, for flood control."""
+    def pages_sent_since(
+        self, recipient: str, since: datetime, *, besides: int | None = None
+    ) -> list[datetime]:
+        """When pages to this recipient were (or may have been) counted by xMatters'
+        flood control: ``sent_at`` is the latest time xMatters may have accepted each
+        (when it answered, or when the request was cut off), never earlier."""
         q = select(OutboxAction.sent_at).where(
             OutboxAction.kind == "page",
             OutboxAction.recipient == recipient,
             OutboxAction.sent_at.is_not(None),
             OutboxAction.sent_at >= since,
         )
+        if besides is not None:
+            q = q.where(OutboxAction.id != besides)
         return sorted(t for t in self.s.scalars(q) if t is not None)
 
     def outbox(self, states: Sequence[str] | None = None, limit: int = 200) -> list[OutboxAction]:
@@ -539,6 +557,37 @@ class Unit:
     def outbox_for(self, rec_id: str) -> list[OutboxAction]:
         q = select(OutboxAction).where(OutboxAction.rec_id == rec_id).order_by(OutboxAction.id)
         return list(self.s.scalars(q))
+
+    def delivery_concerns(self) -> dict[str, int]:
+        """Pending actions worth a look: pages waiting for their event, actions with an
+        unsettled outcome, actions whose last attempt got a 401; and attempts ever
+        accepted by xMatters that never made an event."""
+        pending = select(OutboxAction).where(OutboxAction.state == "pending")
+        awaiting = unsettled = auth = 0
+        for a in self.s.scalars(pending):
+            awaiting += a.accepted_at is not None
+            unsettled += bool(a.unsettled)
+        last = (
+            select(func.max(Attempt.id))
+            .join(OutboxAction, OutboxAction.id == Attempt.outbox_id)
+            .where(OutboxAction.state == "pending")
+            .group_by(Attempt.outbox_id)
+        )
+        auth = int(
+            self.s.scalar(
+                select(func.count()).where(Attempt.id.in_(last), Attempt.http_status == 401)
+            )
+            or 0
+        )
+        no_event = int(
+            self.s.scalar(select(func.count()).where(Attempt.outcome == "no_event")) or 0
+        )
+        return {
+            "awaiting_event": awaiting,
+            "unsettled": unsettled,
+            "auth_failing": auth,
+            "no_event": no_event,
+        }
 
     def outbox_counts(self) -> dict[str, int]:
         q = select(OutboxAction.state, func.count()).group_by(OutboxAction.state)
@@ -557,12 +606,27 @@ class Unit:
                 n += 1
         return n
 
-    def retry_dead(self, action_ids: Sequence[int] | None, now: datetime) -> int:
+    def retry_dead(
+        self, action_ids: Sequence[int] | None, now: datetime, *, by: str | None = None
+    ) -> int:
+        """Put dead actions back in the queue, as new: attempts and age start again
+        (``queued_at``), and who did it is kept. ``unsettled`` is kept too: an action
+        that died with an unknown outcome is checked with the peer before any re-send."""
         q = update(OutboxAction).where(OutboxAction.state == "dead")
         if action_ids is not None:
             q = q.where(OutboxAction.id.in_(list(action_ids)))
         result = self.s.execute(
-            q.values(state="pending", next_attempt_at=now, updated_at=now, attempts=0)
+            q.values(
+                state="pending",
+                next_attempt_at=now,
+                updated_at=now,
+                attempts=0,
+                queued_at=now,
+                accepted_at=None,
+                requeues=OutboxAction.requeues + 1,
+                requeued_at=now,
+                requeued_by=by,
+            )
         )
         return int(getattr(result, "rowcount", 0) or 0)
 

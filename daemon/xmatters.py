@@ -190,6 +190,12 @@ class XMattersClient:
     def uses_oauth(self) -> bool:
         return self._oauth_client_id is not None
 
+    @property
+    def has_rest(self) -> bool:
+        """Whether REST credentials are configured: without them only the trigger can be
+        called, and nothing (an event, a landed page) can be looked up."""
+        return self.uses_oauth or self._basic is not None
+
     def __enter__(self) -> XMattersClient:
         return self
 
@@ -516,6 +522,7 @@ class XMattersClient:
         property_name: str | None = None,
         property_value: str | None = None,
         statuses: Sequence[str] = (),
+        embed: Sequence[str] = (),
         limit: int = 100,
     ) -> list[dict[str, Any]]:
         """All events matching the filters, across pages.
@@ -536,6 +543,8 @@ class XMattersClient:
             params["propertyValue"] = property_value
         if statuses:
             params["status"] = ",".join(statuses)
+        if embed:  # recipients (and maybe properties) come only when embedded
+            params["embed"] = ",".join(embed)
         return list(self._paginate("events", self.api_url + "/events", params))
 
     def _event_url(self, event_id: str) -> str:

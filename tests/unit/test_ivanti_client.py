@@ -815,3 +815,33 @@ def test_list_notes_detects_ignored_skip() -> None:
     client = api_key_client(lambda r: collection(notes), "k" * 32)
     with pytest.raises(TransientError, match="did not advance"):
         client.list_notes(REC)
+
+
+def test_a_refused_login_backs_off_instead_of_trying_every_call(fake: FakeIvanti) -> None:
+    """Repeated bad logins lock a service account out: after a refusal the client waits
+    30 s, then 60 s, ... before it logs in again; calls in between fail at once."""
+    now = [0.0]
+    client = IvantiClient(
+        BASE,
+        username="xmapi",
+        password="wrong-" + secrets.token_hex(4),
+        transport=httpx.MockTransport(fake),
+        clock=lambda: now[0],
+    )
+    fake.routes["/incidents"] = lambda r: collection([])
+    for _ in range(5):
+        with pytest.raises(AuthError):
+            client.query_incidents(None, "LastModDateTime asc")
+    assert len(fake.of("/authentication/login")) == 1
+    now[0] = 31.0
+    with pytest.raises(AuthError) as info:
+        client.query_incidents(None, "LastModDateTime asc")
+    assert len(fake.of("/authentication/login")) == 2
+    with pytest.raises(AuthError) as info:
+        client.query_incidents(None, "LastModDateTime asc")
+    assert "not trying again for 60 s" in str(info.value) and info.value.status == 401
+    client._password = fake.password  # the admin fixed the password
+    now[0] = 31.0 + 61
+    client.query_incidents(None, "LastModDateTime asc")
+    assert len(fake.of("/authentication/login")) == 3
+    client.close()
