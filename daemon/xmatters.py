@@ -14,10 +14,12 @@ Authentication (reference §1):
 * Credentials are optional for a trigger-only set-up (``?apiKey=`` URL, no base URL: the
   base is then the trigger URL's origin); REST calls then fail with ``AuthError``.
 
-Every ``/api/xm/1`` call first takes a token from a client-side rate limiter (default
-4 requests/s, what xMatters' own Go client does) because xMatters rejects rather than
-queues requests over the plan's limit. Triggers are not limited here: they are paced by
-the caller's outbox and by xMatters' flood control.
+Every ``/api/xm/1`` call first takes a token from a client-side rate limiter because
+xMatters rejects rather than queues requests over the plan's limit. Its rate is a
+ceiling (``XMATTERS_RATE_LIMIT``) lowered to what the tenant's ``x-ratelimit-*`` headers
+allow and halved on a 429 (``daemon.ratelimit``); every answer, triggers' included,
+feeds it. Triggers are not limited here: they are paced by the caller's outbox and by
+xMatters' flood control.
 
 There are no retries inside the client apart from the single re-authentication on 401:
 retry policy belongs to the caller's outbox, which honours ``TransientError.retry_after``.
@@ -47,6 +49,8 @@ from daemon.errors import (
     OutcomeUnknown,
     PermanentError,
     TransientError,
+    parse_http_date,
+    parse_retry_after,
     response_error,
     transport_error,
 )
@@ -344,6 +348,16 @@ class XMattersClient:
             log.debug("xmatters %s %s failed: %s", method, redact(url), err)
             raise err from exc
         self._count(f"status:{response.status_code}")
+        self.limiter.observe(
+            response.status_code,
+            response.headers,
+            parse_retry_after(
+                response.headers.get("Retry-After"),
+                now=parse_http_date(response.headers.get("Date")),
+            )
+            if response.status_code == 429
+            else None,
+        )
         log.debug(
             "xmatters %s %s -> %d (%.0f ms)",
             method,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import socket
 import threading
@@ -118,6 +119,33 @@ class _Route:
     control: bool
 
 
+@dataclass
+class RequestBudget:
+    """A plan-level request limit: at most ``limit`` requests per fixed ``period`` of the
+    simulated clock to paths starting with ``prefix``; more are refused with 429 and a
+    ``Retry-After`` until the period ends. With ``headers``, every answer in scope says
+    the budget as xMatters does (``x-ratelimit-limit``, ``-period_in_sec``, ``-used``);
+    whether a real tenant sends them is an open question (xmatters-api.md §9.8)."""
+
+    limit: int
+    period: float = 60.0
+    prefix: str = ""
+    headers: bool = True
+    window: int = field(default=-1)
+    used: int = field(default=0)
+    refused: int = field(default=0)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "limit": self.limit,
+            "period": self.period,
+            "prefix": self.prefix,
+            "headers": self.headers,
+            "used": self.used,
+            "refused": self.refused,
+        }
+
+
 class _Drop(Exception):
     """Internal: close the connection without an answer."""
 
@@ -130,6 +158,8 @@ class SimServer:
     def __init__(self, clock: SimClock | None = None, *, log_requests: bool = False) -> None:
         self.clock = clock or SimClock()
         self.faults = FaultPlan()
+        self.budget: RequestBudget | None = None
+        self._budget_lock = threading.Lock()
         self.lock = threading.RLock()
         self.log_requests = log_requests
         self._routes: list[_Route] = []
@@ -322,6 +352,68 @@ class SimServer:
         match: re.Match[str] | None,
         fault: Fault | None,
     ) -> Response:
+        over, budget_headers = self._spend_budget(req, route)
+        if over is not None:
+            return over
+        resp = self._respond_unbudgeted(req, route, match, fault)
+        resp.headers.update(budget_headers)
+        return resp
+
+    def set_request_budget(
+        self, limit: int | None, *, period: float = 60.0, prefix: str = "", headers: bool = True
+    ) -> None:
+        """Turn the plan-level request limit on (``limit`` requests per ``period``) or off."""
+        with self._budget_lock:
+            self.budget = (
+                None
+                if limit is None
+                else RequestBudget(int(limit), float(period), prefix, bool(headers))
+            )
+
+    def _spend_budget(
+        self, req: Request, route: _Route | None
+    ) -> tuple[Response | None, dict[str, str]]:
+        """Count one request against the budget: (a 429 if over it, the headers to add)."""
+        with self._budget_lock:
+            b = self.budget
+            if (
+                b is None
+                or (route is not None and route.control)
+                or not req.path.startswith(b.prefix)
+            ):
+                return None, {}
+            t = self.clock.now().timestamp()
+            window = int(t // b.period)
+            if window != b.window:
+                b.window, b.used = window, 0
+            over = b.used >= b.limit
+            if not over:
+                b.used += 1
+            else:
+                b.refused += 1
+            headers = (
+                {
+                    "x-ratelimit-limit": str(b.limit),
+                    "x-ratelimit-period_in_sec": f"{b.period:g}",
+                    "x-ratelimit-used": str(b.used),
+                }
+                if b.headers
+                else {}
+            )
+            if not over:
+                return None, headers
+            resp = self.error_response(429, "Too many requests: the plan's request limit")
+            resp.headers["Retry-After"] = str(max(1, math.ceil((window + 1) * b.period - t)))
+            resp.headers.update(headers)
+            return resp, {}
+
+    def _respond_unbudgeted(
+        self,
+        req: Request,
+        route: _Route | None,
+        match: re.Match[str] | None,
+        fault: Fault | None,
+    ) -> Response:
         if fault is not None:
             if fault.kind == "latency":
                 if self.clock.frozen:
@@ -380,6 +472,8 @@ class SimServer:
             "DELETE", p + "requests", self._ctl_requests_delete, "sim.requests", control=True
         )
         self.add_route("GET", p + "clock", self._ctl_clock_get, "sim.clock", control=True)
+        self.add_route("GET", p + "budget", self._ctl_budget_get, "sim.budget", control=True)
+        self.add_route("POST", p + "budget", self._ctl_budget_post, "sim.budget", control=True)
         self.add_route("POST", p + "clock", self._ctl_clock_post, "sim.clock", control=True)
 
     def _ctl_faults_get(self, req: Request, m: re.Match[str]) -> Response:
@@ -409,6 +503,27 @@ class SimServer:
     def _ctl_requests_delete(self, req: Request, m: re.Match[str]) -> Response:
         self.clear_requests()
         return Response.empty(204)
+
+    def _ctl_budget_get(self, req: Request, m: re.Match[str]) -> Response:
+        with self._budget_lock:
+            return Response.json(200, self.budget.as_dict() if self.budget else {"limit": None})
+
+    def _ctl_budget_post(self, req: Request, m: re.Match[str]) -> Response:
+        """``{"limit": 600, "period": 60, "prefix": "/api/xm/1", "headers": true}``;
+        ``{"limit": null}`` turns it off."""
+        spec = req.json()
+        if not isinstance(spec, dict) or "limit" not in spec:
+            raise BadRequest(400, 'give {"limit": N or null, "period": s, "prefix": "/…"}')
+        try:
+            self.set_request_budget(
+                None if spec["limit"] is None else int(spec["limit"]),
+                period=float(spec.get("period", 60.0)),
+                prefix=str(spec.get("prefix", "")),
+                headers=bool(spec.get("headers", True)),
+            )
+        except (TypeError, ValueError) as exc:
+            raise BadRequest(400, f"bad budget: {exc}") from exc
+        return self._ctl_budget_get(req, m)
 
     def _ctl_clock_get(self, req: Request, m: re.Match[str]) -> Response:
         return Response.json(

@@ -715,3 +715,46 @@ def test_rate_limiter_queues_concurrent_callers() -> None:
     for t in threads:
         t.join()
     assert sorted(round(w, 6) for w in waits) == [0.0, 0.1, 0.2, 0.3, 0.4, 0.5]
+
+
+def test_rate_limiter_takes_the_budget_from_x_ratelimit_headers() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(100.0, 1, clock=clock, sleep=clock.sleep)
+    headers = {
+        "x-ratelimit-limit": "600",
+        "x-ratelimit-period_in_sec": "60",
+        "x-ratelimit-used": "10",
+    }
+    limiter.observe(200, headers, None)
+    assert limiter.cap == pytest.approx(5.0)  # half of the plan's 10 a second
+    assert limiter.rate == pytest.approx(5.0)
+    # most of the period's budget gone: what is left is spread over the period
+    limiter.observe(200, {**headers, "x-ratelimit-used": "540"}, None)
+    assert limiter.rate == pytest.approx(0.5)
+    # a generous plan never lifts the rate above the configured ceiling
+    limiter.observe(200, {"x-ratelimit-limit": "60000", "x-ratelimit-period_in_sec": "60"}, None)
+    assert limiter.cap == 100.0
+
+
+def test_rate_limiter_halves_on_429_waits_out_retry_after_then_recovers() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(40.0, 1, clock=clock, sleep=clock.sleep)
+    limiter.acquire()
+    limiter.observe(429, {}, 3.0)
+    assert limiter.rate == pytest.approx(20.0)
+    assert limiter.acquire() == pytest.approx(3.0 + 1 / 20.0, abs=0.01)
+    for _ in range(200):
+        limiter.observe(200, {}, None)
+    assert limiter.rate == pytest.approx(40.0)
+
+
+def test_client_feeds_every_answer_to_the_limiter() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(50.0, 1, clock=clock, sleep=clock.sleep)
+    handler: Handler = lambda r: httpx.Response(  # noqa: E731
+        429, headers={"Retry-After": "2"}, json={"code": 429, "message": "Too many requests"}
+    )
+    client = make_client(handler, rate_limiter=limiter)
+    with pytest.raises(TransientError):
+        client.get_person("jsmith")
+    assert limiter.rate == pytest.approx(25.0)
