@@ -171,6 +171,25 @@ def received(sims: SimPair) -> dict[str, list[str]]:
     return out
 
 
+def fits(got: list[str], want: list[str], *, complete: bool) -> bool:
+    """Whether xMatters' triggers for an incident are (a prefix of, with ``complete``
+    all of) the model's, where a create the model expects may be missing if the model's
+    next trigger for it is a Terminate: a page still queued when its incident stopped
+    paging is not sent (it would reach someone only to be ended at once)."""
+    i = j = 0
+    while j < len(want):
+        optional = want[j] in CREATES and j + 1 < len(want) and want[j + 1] == "Terminate"
+        if i < len(got) and got[i] == want[j]:
+            i, j = i + 1, j + 1
+        elif optional:
+            j += 1
+        elif i == len(got) and not complete:
+            return True
+        else:
+            return False
+    return i == len(got)
+
+
 # ----- the scenario -------------------------------------------------------------------------
 
 
@@ -276,12 +295,17 @@ class Soak:
     def check_prefix(self) -> None:
         got, want = received(self.sims), self.model.triggers
         for rec, types in got.items():
-            assert types == want.get(rec, [])[: len(types)], (
+            assert fits(types, want.get(rec, []), complete=False), (
                 f"incident {rec}: xMatters got {types}, the model allows {want.get(rec, [])}"
             )
 
     def check_settled(self) -> None:
-        assert received(self.sims) == self.model.triggers
+        got, want = received(self.sims), self.model.triggers
+        assert set(got) <= set(want), (set(got) - set(want), "triggered, not in the model")
+        for rec, types in want.items():
+            assert fits(got.get(rec, []), types, complete=True), (
+                f"incident {rec}: xMatters got {got.get(rec, [])}, the model wants {types}"
+            )
         for rec in list_recs(self.sims):
             live = len(self.sims.xmatters.live_events(rec))
             assert live == (1 if rec in self.model.paging else 0), f"incident {rec}: {live} live"
