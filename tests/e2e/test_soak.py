@@ -183,10 +183,8 @@ def fits(got: list[str], want: list[str], *, complete: bool) -> bool:
             i, j = i + 1, j + 1
         elif optional:
             j += 1
-        elif i == len(got) and not complete:
-            return True
-        else:
-            return False
+        else:  # a mismatch, or got ended: fine only as a prefix
+            return i == len(got) and not complete
     return i == len(got)
 
 
