@@ -50,12 +50,16 @@ from daemon.xmatters import XMattersClient
 
 log = logging.getLogger("daemon.writeback")
 
+# How an event ends: terminated (by a person, the daemon, or a newer event of the
+# workflow) or by itself (completed: everyone answered with an END option, or nobody is
+# left to notify; expired, which the reference audits as one of the two).
+END_TYPES: tuple[str, ...] = ("EVENT_TERMINATED", "EVENT_COMPLETED")
 AUDIT_TYPES: tuple[str, ...] = (
     "RESPONSE_RECEIVED",
     "EVENT_ANNOTATED",
     "NOTIFICATION_DELIVERED",
     "NOTIFICATION_FAILED",
-    "EVENT_TERMINATED",
+    *END_TYPES,
 )
 
 
@@ -259,11 +263,11 @@ class WriteBack:
                 if row is not None:
                     self._count(row, rec)
                     summary_changed = summary_changed or counts
-                    if rec.get("type") != "EVENT_TERMINATED":
+                    if rec.get("type") not in END_TYPES:
                         row.last_activity_at = now
                     elif row.status != "TERMINATED":
-                        # Ended in xMatters (a person, or a newer event of the workflow):
-                        # the grace period runs from when it happened.
+                        # Ended in xMatters (a person, a newer event of the workflow, or
+                        # by itself): the grace period runs from when it happened.
                         row.status = "TERMINATED"
                         row.terminated_at = _at(rec) or now
                 u.add_audit(
@@ -410,6 +414,8 @@ class WriteBack:
             return text_, None, summary, True
         if kind == "EVENT_TERMINATED":
             return None, None, "event terminated", False
+        if kind == "EVENT_COMPLETED":
+            return None, None, "event completed (ended by itself)", False
         return None, None, f"ignored {kind}", False
 
 

@@ -1,0 +1,130 @@
+"""Write-back at the seams (issue 10, items 9-12): asynchronous flows, late answers, the
+original workflow's own write-back, and events that end by themselves.
+
+Each test drives both simulators over real HTTP, as in ``test_writeback.py``, with the
+xMatters simulator switched to the reading of the reference that stages the scenario.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from daemon.simulators.harness import SimPair
+from tests.conftest import MakeService
+from tests.e2e.test_writeback import (
+    BEN,
+    NET,
+    audit_polls,
+    cycle,
+    notes,
+    paged,
+    started,
+    tick,
+    trigger_types,
+    writes,
+)
+
+pytestmark = pytest.mark.e2e
+
+ESCALATE = f"{BEN} responded [ Escalate ]"
+
+
+# ----- item 9: an event discovered after it already ended -------------------------------
+
+
+def test_event_discovered_after_it_ended_is_still_read(
+    sims: SimPair, make_service: MakeService
+) -> None:
+    """An asynchronous flow creates the event 10 s after the 202. A person responds, the
+    incident is resolved and the event terminated, all before the write-back job first
+    looks the event up: it is found TERMINATED, and its records must still be read (the
+    response made while it was live, and a comment made after the end)."""
+    sims.xmatters.set_flows(delay=10)
+    svc = started(make_service, sims, IXM_WRITEBACK_GRACE="30m")
+    rec = str(sims.ivanti.create_incident(Priority="1", OwnerTeam=NET)["RecId"])
+    svc.poll_job()
+    svc.deliver_job()  # trigger accepted; the flow has not run yet
+    with svc.store.unit() as u:
+        assert u.events_for(rec) == []
+    tick(sims, 15)
+    [event] = sims.xmatters.live_events(rec)  # the flow ran
+    ev = str(event["id"])
+    sims.xmatters.respond(ev, person="bwong", response="Escalate", device="Work Email")
+    sims.ivanti.edit_incident(rec, Status="Resolved")
+    svc.poll_job()
+    svc.deliver_job()  # Terminate sent; its flow runs 10 s later
+    tick(sims, 15)
+    assert sims.xmatters.live_events(rec) == []
+    sims.xmatters.comment(ev, person="apatel", text="after the end")
+    cycle(svc, sims, times=3)
+    assert notes(sims, rec) == [ESCALATE, "[xMatters] Asha Patel commented [ after the end ]"]
+    assert trigger_types(sims) == ["New Incident", "Terminate"]
+    with svc.store.unit() as u:
+        [row] = u.events_for(rec)
+        assert row.status == "TERMINATED" and row.terminated_at is not None
+    # Still read for the grace period only, from when the daemon learned of the end.
+    tick(sims, 31 * 60)
+    polls = audit_polls(sims, ev)
+    cycle(svc, sims, times=4)
+    assert audit_polls(sims, ev) == polls
+
+
+def test_flow_that_creates_nothing_leaves_nothing_to_read(
+    sims: SimPair, make_service: MakeService
+) -> None:
+    """The flow errors after the 202: no event ever carries the requestId. Discovery keeps
+    looking within the grace period and writes nothing."""
+    sims.xmatters.set_flows(delay=5, fail_next=1)
+    svc = started(make_service, sims, IXM_WRITEBACK_GRACE="30m")
+    rec = str(sims.ivanti.create_incident(Priority="1", OwnerTeam=NET)["RecId"])
+    cycle(svc, sims, times=3)
+    assert sims.xmatters.events(rec) == []
+    assert sims.xmatters.triggers()[-1]["outcome"].startswith("error:")
+    with svc.store.unit() as u:
+        assert u.events_for(rec) == []
+        [page] = u.outbox_for(rec)
+        assert "not visible yet" in (page.outcome or "")
+    assert writes(sims, rec) == []
+
+
+# ----- item 12: events that end by themselves ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("end", "expiry_audit"),
+    [
+        ("complete", "EVENT_COMPLETED"),
+        ("expire", "EVENT_COMPLETED"),
+        ("expire", "EVENT_TERMINATED"),
+    ],
+    ids=["completed", "expired-audited-completed", "expired-audited-terminated"],
+)
+def test_event_that_ends_by_itself_is_recorded_and_read_for_the_grace_only(
+    sims: SimPair, make_service: MakeService, end: str, expiry_audit: str
+) -> None:
+    sims.xmatters.expiry_audit = expiry_audit
+    svc = started(make_service, sims, IXM_WRITEBACK_GRACE="30m")
+    rec, ev = paged(svc, sims)
+    sims.xmatters.respond(ev, person="bwong", response="Escalate", device="Work Email")
+    ended = sims.clock.now()
+    getattr(sims.xmatters, end)(ev)
+    cycle(svc, sims)
+    assert notes(sims, rec) == [ESCALATE]
+    with svc.store.unit() as u:
+        [row] = u.events_for(rec)
+        assert (row.status, row.terminated_at) == ("TERMINATED", ended)
+        assert u.live_events(rec) == []
+        how = expiry_audit if end == "expire" else "EVENT_COMPLETED"
+        assert how in {a.type for a in u.audits_for(rec)}
+    tick(sims, 20 * 60)
+    sims.xmatters.comment(ev, person="apatel", text="post-mortem tomorrow")
+    cycle(svc, sims, times=4)  # within the grace: still read
+    assert notes(sims, rec) == [
+        ESCALATE,
+        "[xMatters] Asha Patel commented [ post-mortem tomorrow ]",
+    ]
+    tick(sims, 11 * 60)
+    polls = audit_polls(sims, ev)
+    cycle(svc, sims, times=4)
+    assert audit_polls(sims, ev) == polls  # no longer polled
+    assert trigger_types(sims) == ["New Incident"]
