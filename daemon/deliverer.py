@@ -34,6 +34,7 @@ from daemon.logs import log_event
 from daemon.models import OutboxAction
 from daemon.store import Head, Store, Unit
 from daemon.timeutil import parse_ivanti_datetime
+from daemon.writeback import settle_assignment
 from daemon.xmatters import XMattersClient
 
 log = logging.getLogger("daemon.deliverer")
@@ -211,6 +212,8 @@ class Deliverer:
                 head.unfinished_attempt.outcome = "unknown"
                 head.unfinished_attempt.error = "attempt cut short (daemon stopped mid-request)"
             attempt_id = u.start_attempt(action, now).id
+            if action.kind == "note" and not unknown:  # a late Assign to me (writeback.py)
+                settle_assignment(u, action, now, self.notes_prefix)
             if action.kind == "note" and action.payload.get("assign"):
                 # Record the Owner/Status the daemon is about to write *before* writing
                 # it, so no poll (even one after a crash right after Ivanti accepted

@@ -32,7 +32,7 @@ from typing import Any
 
 from daemon.errors import ApiError
 from daemon.logs import log_event
-from daemon.models import AuditSeen, XmEvent
+from daemon.models import AuditSeen, OutboxAction, XmEvent
 from daemon.notes import (
     DEFAULT_RESPONSE_ACTIONS,
     NOTE_LIMIT,
@@ -417,6 +417,87 @@ class WriteBack:
         if kind == "EVENT_COMPLETED":
             return None, None, "event completed (ended by itself)", False
         return None, None, f"ignored {kind}", False
+
+
+# ----- a late "Assign to me" (decided when the note is delivered) ---------------------------
+
+
+def why_not_assign(
+    *, incident_status: str | None, incident_open: bool, event: str, superseded: bool
+) -> str | None:
+    """Why an Assign-to-me response must not set Owner/Status now, or None to apply it.
+
+    Only an open incident whose current event was answered is assigned: setting
+    Status=Active on a resolved incident would reopen it with nobody paged, and an
+    answer to an event superseded by a page to another team would undo that page.
+    ``incident_status`` None means the incident is no longer tracked (out of scope).
+    """
+    if incident_status is None:
+        return "the incident is no longer in scope"
+    if not incident_open:
+        return f"the incident is {incident_status}"
+    if superseded:
+        return f"event {event} was superseded by a newer page"
+    return None
+
+
+def settle_assignment(u: Unit, action: OutboxAction, now: datetime, prefix: str) -> str | None:
+    """Called by the deliverer in the transaction that starts a note's attempt, so the
+    decision reads the latest stored state (a resolve seen after the note was queued is
+    honoured). When the assignment must not be applied, it is dropped from the action
+    (the note is written alone) and a second note saying why is queued after it.
+    Returns the reason, or None when the assignment stands."""
+    assign = action.payload.get("assign")
+    if not assign:
+        return None
+    incident = u.incident(action.rec_id)
+    event_id = str(action.payload.get("event") or "")
+    row = u.event(event_id) if event_id else None
+    why = why_not_assign(
+        incident_status=incident.status if incident is not None else None,
+        incident_open=incident is not None and incident.status_class == "open",
+        event=(row.number if row is not None and row.number else event_id[:8]),
+        superseded=row is not None and _superseded(u, row),
+    )
+    if why is None:
+        return None
+    action.payload = {**action.payload, "assign": None, "not_assigned": why}
+    action.reason = f"{action.reason}; Owner/Status not applied: {why}"  # shown by `explain`
+    text = f"{prefix} Assignment to {assign['owner']} not applied: {why}"
+    u.add_action(
+        rec_id=action.rec_id,
+        incident_number=action.incident_number,
+        kind="note",
+        payload={"note": text, "assign": None},
+        reason=f"assignment of action {action.id} not applied: {why}",
+        now=now,
+        dedupe_key=f"not-assigned:{action.id}",
+    )
+    log_event(
+        log,
+        logging.INFO,
+        "late Assign to me: writing the note alone",
+        action=action.id,
+        incident=action.incident_number,
+        owner=assign["owner"],
+        why=why,
+    )
+    return why
+
+
+def _superseded(u: Unit, event: XmEvent) -> bool:
+    """Whether a page of the incident newer than the event's own is queued or done."""
+    for a in u.outbox_for(event.rec_id):
+        if a.kind != "page" or a.state not in ("pending", "done"):
+            continue
+        newer = (
+            a.id > event.outbox_id
+            if event.outbox_id is not None
+            else (a.created_at > event.created_at)
+        )
+        if newer:
+            return True
+    return False
 
 
 def _chosen_option(resp: Mapping[str, Any]) -> Mapping[str, Any]:

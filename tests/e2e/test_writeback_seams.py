@@ -13,10 +13,13 @@ from daemon.simulators.harness import SimPair
 from tests.conftest import MakeService
 from tests.e2e.test_writeback import (
     BEN,
+    JANE,
     NET,
     audit_polls,
     cycle,
+    fields_written,
     notes,
+    owner_status,
     paged,
     started,
     tick,
@@ -128,3 +131,79 @@ def test_event_that_ends_by_itself_is_recorded_and_read_for_the_grace_only(
     cycle(svc, sims, times=4)
     assert audit_polls(sims, ev) == polls  # no longer polled
     assert trigger_types(sims) == ["New Incident"]
+
+
+# ----- item 10: a late "Assign to me" --------------------------------------------------------
+
+ASSIGN = f"{JANE} responded [ Assign to me ]"
+
+
+def _not_applied(why: str) -> str:
+    return f"[xMatters] Assignment to jsmith not applied: {why}"
+
+
+def test_late_assign_to_me_on_a_resolved_incident_writes_the_note_alone(
+    sims: SimPair, make_service: MakeService
+) -> None:
+    """The response is read after the incident was resolved (and its event terminated):
+    the note is written, Owner and Status are not (that would reopen the incident, and
+    nobody would be paged for it), and a second note says why."""
+    svc = started(make_service, sims)
+    rec, ev = paged(svc, sims, Category="Network")
+    sims.xmatters.respond(ev, person="jsmith", response="Assign to me")
+    sims.ivanti.edit_incident(rec, Status="Resolved")
+    svc.poll_job()
+    svc.deliver_job()  # the event is terminated before the response was read
+    tick(sims, 5 * 60)
+    cycle(svc, sims, times=3)
+    why = _not_applied("the incident is Resolved")
+    assert notes(sims, rec) == [ASSIGN, why]
+    assert fields_written(sims, rec) == [{"NewNotes": ASSIGN}, {"NewNotes": why}]
+    assert owner_status(sims, rec) == ("", "Resolved")
+    assert trigger_types(sims) == ["New Incident", "Terminate"]
+
+
+def test_resolve_between_planning_and_delivery_is_honoured(
+    sims: SimPair, make_service: MakeService
+) -> None:
+    """The note with its assignment is queued while the incident is open; the next poll
+    sees it resolved before the note goes out: the decision is taken at delivery."""
+    svc = started(make_service, sims)
+    rec, ev = paged(svc, sims, Category="Network")
+    sims.xmatters.respond(ev, person="jsmith", response="Assign to me")
+    svc.writeback_job()  # queued with Owner/Status
+    with svc.store.unit() as u:
+        assert u.outbox_for(rec)[-1].payload["assign"]["owner"] == "jsmith"
+    sims.ivanti.edit_incident(rec, Status="Resolved")
+    svc.poll_job()
+    svc.deliver_job()
+    cycle(svc, sims, times=2)
+    why = _not_applied("the incident is Resolved")
+    assert notes(sims, rec) == [ASSIGN, why]
+    assert owner_status(sims, rec) == ("", "Resolved")
+    assert trigger_types(sims) == ["New Incident", "Terminate"]
+
+
+def test_late_assign_to_me_after_a_page_to_another_team_writes_the_note_alone(
+    sims: SimPair, make_service: MakeService
+) -> None:
+    """jsmith (Network Operations) answers the first event after the incident was
+    reassigned to the Database Team and paged there: the Database Team's page stands."""
+    svc = started(make_service, sims)
+    rec, first = paged(svc, sims, Category="Network")
+    number = sims.xmatters.event(first)["eventId"]
+    sims.xmatters.respond(first, person="jsmith", response="Assign to me")
+    sims.ivanti.edit_incident(rec, OwnerTeam="Database Team")
+    svc.poll_job()
+    svc.deliver_job()  # Reassigned: the workflow supersedes the first event
+    [second] = sims.xmatters.live_events(rec)
+    cycle(svc, sims, times=2)
+    why = _not_applied(f"event {number} was superseded by a newer page")
+    assert notes(sims, rec) == [ASSIGN, why]
+    inc = sims.ivanti.incident(rec)
+    assert (inc["Owner"], inc["OwnerTeam"], inc["Status"]) == ("", "Database Team", "Logged")
+    assert trigger_types(sims) == ["New Incident", "Reassigned"]
+    # An answer to the current event is applied as always.
+    sims.xmatters.respond(second["id"], person="apatel", response="Assign to me")
+    cycle(svc, sims)
+    assert owner_status(sims, rec) == ("apatel", "Active")
