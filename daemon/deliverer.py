@@ -34,7 +34,7 @@ from daemon.logs import log_event
 from daemon.models import OutboxAction
 from daemon.store import Head, Store, Unit
 from daemon.timeutil import parse_ivanti_datetime
-from daemon.writeback import settle_assignment
+from daemon.writeback import settle_assignment, written_already
 from daemon.xmatters import XMattersClient
 
 log = logging.getLogger("daemon.deliverer")
@@ -445,11 +445,12 @@ class Deliverer:
         if assign:
             fields["Owner"] = assign["owner"]
             fields["Status"] = assign.get("status", "Active")
-        if unknown:
-            notes = self.ivanti.list_notes(rec_id)
-            already = sum(1 for n in notes if str(n.get("NotesBody", "")).strip() == text.strip())
-            if already > done_same_notes:
-                return _Outcome("earlier attempt had written this note; not re-sent")
+        if unknown or payload.get("workflow_note"):  # the journal check (writeback.py)
+            journal = [str(n.get("NotesBody", "")) for n in self.ivanti.list_notes(rec_id)]
+            wf = payload.get("workflow_note")
+            there = written_already(journal, text, wf, done_same_notes, unknown=unknown)
+            if there is not None:
+                return _Outcome(there)
         try:
             entity = self.ivanti.update_incident(rec_id, fields)
         except NotFound:

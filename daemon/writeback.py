@@ -80,6 +80,13 @@ class WritebackConfig:
     concurrency: int = 4
     quiet_poll_every: int = 4
     busy_window: timedelta = timedelta(minutes=15)
+    # False: only learn event ids (write-back off, or the workflow writes back itself).
+    write_notes: bool = True
+    # The original workflow's write-back steps may still run: each note carries the
+    # workflow's wording, waits ``workflow_wait`` after the activity, and is written only
+    # if the journal does not hold it yet (see ``written_already``).
+    workflow_check: bool = False
+    workflow_wait: timedelta = timedelta(seconds=30)
 
 
 @dataclass
@@ -118,7 +125,9 @@ class WriteBack:
     def run_once(self) -> WritebackResult:
         self._cycle += 1
         result = WritebackResult()
-        self._discover(result)
+        self._discover(result)  # also with notes off: paging and ending need the event ids
+        if not self.cfg.write_notes:
+            return result
         events = self._events_due()
         result.events_polled = len(events)
         if not events:
@@ -244,20 +253,27 @@ class WriteBack:
                 note, assign, summary, counts = self._note_for(rec, names)
                 outbox_id = None
                 if note is not None:
+                    payload: dict[str, Any] = {
+                        "note": note,
+                        "assign": assign,
+                        "audit": audit_id,
+                        "event": ev.event_id,
+                    }
+                    if self.cfg.workflow_check:
+                        payload["workflow_note"] = self._workflow_note(rec, names) or note
                     action = u.add_action(
                         rec_id=ev.rec_id,
                         incident_number=number,
                         kind="note",
-                        payload={
-                            "note": note,
-                            "assign": assign,
-                            "audit": audit_id,
-                            "event": ev.event_id,
-                        },
+                        payload=payload,
                         reason=f"xMatters {rec.get('type')} on event {ev.number or ev.event_id}",
                         now=now,
                         dedupe_key=f"audit:{audit_id}",
                     )
+                    if self.cfg.workflow_check:
+                        # Give the workflow's own write-back time to land before looking.
+                        wait = self.cfg.workflow_wait
+                        action.next_attempt_at = min(now + wait, max(now, (_at(rec) or now) + wait))
                     outbox_id = action.id
                     result.notes += 1
                 if row is not None:
@@ -352,6 +368,15 @@ class WriteBack:
                 return ivanti_login
         return login
 
+    def _workflow_note(
+        self, rec: Mapping[str, Any], names: Mapping[str, tuple[str, str]]
+    ) -> str | None:
+        """The note the original workflow writes for this record: the same wording, but a
+        response's comment is a note of its own there (the comment's record)."""
+        if rec.get("type") == "RESPONSE_RECEIVED":
+            rec = {**rec, "response": {**(rec.get("response") or {}), "comment": None}}
+        return self._note_for(rec, names)[0]
+
     def _note_for(
         self, rec: Mapping[str, Any], names: Mapping[str, tuple[str, str]]
     ) -> tuple[str | None, dict[str, str] | None, str, bool]:
@@ -417,6 +442,35 @@ class WriteBack:
         if kind == "EVENT_COMPLETED":
             return None, None, "event completed (ended by itself)", False
         return None, None, f"ignored {kind}", False
+
+
+# ----- the journal check before a note is written -----------------------------------------
+
+
+def written_already(
+    journal: Sequence[str], text: str, workflow_note: str | None, done_same: int, *, unknown: bool
+) -> str | None:
+    """Why the note must not be written (it is in the incident's journal), or None.
+
+    ``done_same`` is how many notes of this very text the daemon has already written to
+    the incident: only occurrences beyond those belong to this note. The note is there if
+    its text is (written by an earlier attempt whose answer was lost, or by the original
+    workflow's own write-back), or if the workflow's wording of it is (``workflow_note``:
+    the workflow writes a response's comment as a note of its own).
+    """
+
+    def count(wanted: str) -> int:
+        return sum(1 for j in journal if j.strip() == wanted.strip())
+
+    if count(text) > done_same:
+        if unknown:
+            return "earlier attempt (or the workflow's own write-back) had written this note; not re-sent"
+        return "the workflow's own write-back had written this note; not written again"
+    if workflow_note and workflow_note.strip() != text.strip() and count(workflow_note) > done_same:
+        return (
+            "the workflow's own write-back had written this note (its wording); not written again"
+        )
+    return None
 
 
 # ----- a late "Assign to me" (decided when the note is delivered) ---------------------------

@@ -1388,6 +1388,9 @@ class XMattersSimulator(SimServer):
                 if str(option["text"]).casefold() == wb.assign_response.casefold():
                     fields.update(Owner=who.target_name, Status="Active")
                 self._write_back(event, fields)
+                if comment is not None:  # the flow's comment trigger fires for it too
+                    said = f"{wb.prefix} {who.first} {who.last} commented [ {comment} ]"
+                    self._write_back(event, {"NewNotes": said})
             return record
 
     def comment(self, event_id: str, *, person: str, text: str) -> dict[str, Any]:

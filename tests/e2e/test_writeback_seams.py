@@ -207,3 +207,105 @@ def test_late_assign_to_me_after_a_page_to_another_team_writes_the_note_alone(
     sims.xmatters.respond(second["id"], person="apatel", response="Assign to me")
     cycle(svc, sims)
     assert owner_status(sims, rec) == ("apatel", "Active")
+
+
+# ----- item 11: the original workflow's own write-back ---------------------------------------
+
+
+def _workflow_writes_back(sims: SimPair) -> None:
+    user, (password, _roles) = next(iter(sims.ivanti.users.items()))
+    sims.xmatters.set_workflow_writeback(
+        sims.ivanti.url, tenant=sims.ivanti.tenant, username=user, password=password
+    )
+
+
+def _activity(sims: SimPair, ev: str) -> None:
+    sims.xmatters.deliver(ev, person="bwong", device="Work Email", status="FAILED")
+    sims.xmatters.respond(ev, person="jsmith", response="Assign to me", comment="on it")
+    sims.xmatters.comment(ev, person="apatel", text="fyi")
+
+
+WORKFLOW_NOTES = [
+    "[xMatters] Notification FAILED to bwong|Work Email",
+    f"{JANE} responded [ Assign to me ]",
+    "[xMatters] Jane Smith commented [ on it ]",
+    "[xMatters] Asha Patel commented [ fyi ]",
+]
+
+
+def test_workflow_that_still_writes_back_gets_no_second_note_by_default(
+    sims: SimPair, make_service: MakeService
+) -> None:
+    """A site kept the original workflow's write-back steps, and its xMatters reaches
+    Ivanti: every response, comment and failed delivery is written by the workflow. The
+    daemon, by default, looks in the journal first and writes none of them again, nor
+    the assignment; it still learns the event ids and says so in `explain`."""
+    _workflow_writes_back(sims)
+    svc = started(make_service, sims)
+    rec, ev = paged(svc, sims, Category="Network")
+    _activity(sims, ev)
+    for _ in range(4):
+        cycle(svc, sims)
+    assert notes(sims, rec) == WORKFLOW_NOTES
+    assert owner_status(sims, rec) == ("jsmith", "Active")
+    assert [w["rec_id"] for w in sims.ivanti.writes()] == [rec] * 4  # the workflow's only
+    assert trigger_types(sims) == ["New Incident"]
+    with svc.store.unit() as u:
+        notes_done = [a for a in u.outbox_for(rec) if a.kind == "note"]
+        assert len(notes_done) == 3 and all(a.state == "done" for a in notes_done)
+        assert all("workflow" in (a.outcome or "") for a in notes_done)
+
+
+def test_without_the_workflow_steps_the_daemon_writes_every_note(
+    sims: SimPair, make_service: MakeService
+) -> None:
+    """The same activity where the workflow does not write back: nothing is lost by the
+    default's journal check, only delayed by IXM_WORKFLOW_WRITEBACK_WAIT."""
+    svc = started(make_service, sims, IXM_WORKFLOW_WRITEBACK_WAIT="30")
+    rec, ev = paged(svc, sims, Category="Network")
+    _activity(sims, ev)
+    cycle(svc, sims, seconds=29)
+    cycle(svc, sims, seconds=1)
+    assert notes(sims, rec) == []  # waiting 30 s for a workflow write-back that never comes
+    cycle(svc, sims)
+    assert notes(sims, rec) == [
+        "[xMatters] Notification FAILED to bwong|Work Email",
+        f"{JANE} responded [ Assign to me ] with comment [ on it ]",
+        "[xMatters] Asha Patel commented [ fyi ]",
+    ]
+    assert owner_status(sims, rec) == ("jsmith", "Active")
+
+
+def test_workflow_writeback_on_leaves_the_notes_to_the_workflow_but_learns_events(
+    sims: SimPair, make_service: MakeService
+) -> None:
+    """IXM_WORKFLOW_WRITEBACK=on: the daemon writes nothing back, yet it still learns the
+    ids of asynchronously created events, so the incident's end still terminates them."""
+    _workflow_writes_back(sims)
+    sims.xmatters.set_flows(delay=5)
+    svc = started(make_service, sims, IXM_WORKFLOW_WRITEBACK="on")
+    rec = str(sims.ivanti.create_incident(Priority="1", OwnerTeam=NET, Category="Network")["RecId"])
+    cycle(svc, sims, times=2)
+    [event] = sims.xmatters.live_events(rec)
+    _activity(sims, str(event["id"]))
+    cycle(svc, sims, times=2)
+    assert notes(sims, rec) == WORKFLOW_NOTES
+    with svc.store.unit() as u:
+        assert [e.event_id for e in u.events_for(rec)] == [event["id"]]
+        assert [a.kind for a in u.outbox_for(rec)] == ["page"]
+
+
+@pytest.mark.parametrize("setting", [{"IXM_WRITEBACK": "false"}], ids=["writeback-off"])
+def test_event_ids_are_learned_with_write_back_off(
+    sims: SimPair, make_service: MakeService, setting: dict[str, str]
+) -> None:
+    sims.xmatters.set_flows(delay=5)
+    svc = started(make_service, sims, **setting)
+    rec = str(sims.ivanti.create_incident(Priority="1", OwnerTeam=NET)["RecId"])
+    cycle(svc, sims, times=2)
+    [event] = sims.xmatters.live_events(rec)
+    sims.xmatters.comment(str(event["id"]), person="apatel", text="nobody writes this")
+    cycle(svc, sims, times=2)
+    assert notes(sims, rec) == []
+    with svc.store.unit() as u:
+        assert [e.event_id for e in u.events_for(rec)] == [event["id"]]

@@ -107,8 +107,9 @@ def test_workflow_writes_back_to_ivanti_when_switched_on() -> None:
         assert [str(n["NotesBody"]) for n in pair.ivanti.notes(rec)] == [
             "[xMatters] Notification FAILED to bwong|Work Email",
             "[xMatters] Jane Smith | Mobile App responded [ Assign to me ]",
+            "[xMatters] Jane Smith commented [ mine ]",
             "[xMatters] Asha Patel commented [ fyi ]",
         ]
         inc = pair.ivanti.incident(rec)
         assert (inc["Owner"], inc["Status"]) == ("jsmith", "Active")
-        assert [w["ok"] for w in pair.xmatters.workflow_writes()] == [True, True, True]
+        assert [w["ok"] for w in pair.xmatters.workflow_writes()] == [True] * 4
