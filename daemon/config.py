@@ -52,6 +52,7 @@ SECRET_NAMES: tuple[str, ...] = (
 XMattersAuth = Literal["none", "basic", "apikey", "oauth"]
 XMattersMode = Literal["workflow", "direct"]
 DeliveryNotes = Literal["all", "failures", "summary"]
+WorkflowWriteback = Literal["check", "on", "off"]
 
 _T = TypeVar("_T")
 
@@ -172,6 +173,10 @@ class WritebackSettings:
     note_max_chars: int = 4000
     concurrency: int = 4
     quiet_poll_every: int = 4
+    # Whether the original workflow's own write-back steps still write notes:
+    # check (look in the journal first), on (they do; the daemon writes none), off.
+    workflow_writeback: WorkflowWriteback = "check"
+    workflow_writeback_wait: float = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,6 +316,8 @@ class Settings:
             ("IXM_NOTE_MAX_CHARS", _show(wb.note_max_chars)),
             ("IXM_WRITEBACK_CONCURRENCY", _show(wb.concurrency)),
             ("IXM_QUIET_POLL_EVERY", _show(wb.quiet_poll_every)),
+            ("IXM_WORKFLOW_WRITEBACK", wb.workflow_writeback),
+            ("IXM_WORKFLOW_WRITEBACK_WAIT", _show(wb.workflow_writeback_wait)),
             ("IXM_STATE_DB", _hide_url_password(self.state_db_url)),
             ("IXM_LOG_LEVEL", op.log_level),
             ("IXM_METRICS_PORT", "(disabled)" if op.metrics_port is None else str(op.metrics_port)),
@@ -998,6 +1005,10 @@ def _load_writeback(env: _Env, rest_available: bool, check_target: bool) -> Writ
         note_max_chars=env.integer("IXM_NOTE_MAX_CHARS", 4000, lo=100),
         concurrency=env.integer("IXM_WRITEBACK_CONCURRENCY", 4, lo=1, hi=64),
         quiet_poll_every=env.integer("IXM_QUIET_POLL_EVERY", 4, lo=1),
+        workflow_writeback=env.choice(  # type: ignore[arg-type]
+            "IXM_WORKFLOW_WRITEBACK", "check", ("check", "on", "off")
+        ),
+        workflow_writeback_wait=env.seconds("IXM_WORKFLOW_WRITEBACK_WAIT", 5.0, lo=0.0),
     )
 
 

@@ -50,6 +50,7 @@ from daemon.logs import log_event
 from daemon.models import OutboxAction
 from daemon.store import Head, Store, Unit
 from daemon.timeutil import parse_ivanti_datetime
+from daemon.writeback import settle_assignment, written_already
 from daemon.xmatters import XMattersClient
 
 log = logging.getLogger("daemon.deliverer")
@@ -281,6 +282,8 @@ class Deliverer:
             cut.finished_at = now
             cut.outcome = "unknown"
             cut.error = "attempt cut short (daemon stopped mid-request)"
+        if action.kind == "note" and not unknown:  # a late Assign to me (writeback.py)
+            settle_assignment(u, action, now, self.notes_prefix)
         fallback = self._assignment_fallback(action)
         since = self._first_sent(u, action) or now
         attempt_id = u.start_attempt(action, now).id
@@ -729,11 +732,12 @@ class Deliverer:
         text = str(payload["note"])
         fields: dict[str, Any] = {"NewNotes": text}
         assign = payload.get("assign") or None
-        if call.unknown:
-            notes = self.ivanti.list_notes(rec_id)
-            already = sum(1 for n in notes if str(n.get("NotesBody", "")).strip() == text.strip())
-            if already > call.done_same_notes:
-                return _Outcome("earlier attempt had written this note; not re-sent")
+        if call.unknown or payload.get("workflow_note"):  # the journal check (writeback.py)
+            journal = [str(n.get("NotesBody", "")) for n in self.ivanti.list_notes(rec_id)]
+            wf = payload.get("workflow_note")
+            there = written_already(journal, text, wf, call.done_same_notes, unknown=call.unknown)
+            if there is not None:
+                return _Outcome(there)
         if assign and call.assign_fallback:
             # The Owner/Status write has failed attempt after attempt (an Owner that is
             # not a valid Ivanti login answers 500): the response itself must not wait.

@@ -1239,6 +1239,44 @@ def check_state_db(settings: Settings) -> CheckResult:
     )
 
 
+def check_writeback(settings: Settings) -> CheckResult:
+    """Which side writes xMatters activity back to Ivanti: the daemon, the original
+    workflow's own write-back steps, or both with the daemon looking first."""
+    wb, xm = settings.writeback, settings.xmatters
+    if xm is None or not xm.rest_enabled or not wb.enabled:
+        why = (
+            "IXM_WRITEBACK=false" if xm is not None and xm.rest_enabled else "no XMATTERS_BASE_URL"
+        )
+        return CheckResult(
+            "write-back",
+            "OK",
+            f"the daemon writes nothing back ({why}): only the original workflow's own "
+            "write-back steps can, where xMatters reaches Ivanti",
+        )
+    if wb.workflow_writeback == "on":
+        message = (
+            "the original workflow writes notes back (IXM_WORKFLOW_WRITEBACK=on); the daemon "
+            "writes none: keep the workflow's write-back steps, and xMatters able to reach Ivanti"
+        )
+    elif wb.workflow_writeback == "off":
+        message = (
+            "the daemon writes every note (IXM_WORKFLOW_WRITEBACK=off): remove the original "
+            "workflow's write-back steps, or each note is written twice"
+        )
+    else:
+        message = (
+            "the daemon writes notes, each after looking in the incident's journal "
+            f"{_fmt_wait(wb.workflow_writeback_wait)} after the activity "
+            "(IXM_WORKFLOW_WRITEBACK=check): a note the original workflow's own write-back "
+            "steps wrote is not written again"
+        )
+    return CheckResult("write-back", "OK", message)
+
+
+def _fmt_wait(seconds: float) -> str:
+    return f"{seconds:g} s"
+
+
 def run_checks(
     settings: Settings,
     *,
@@ -1249,6 +1287,7 @@ def run_checks(
     xm = settings.xmatters
     assert xm is not None and settings.ivanti is not None
     results = [CheckResult("config", "OK", "settings are valid"), check_state_db(settings)]
+    results.append(check_writeback(settings))
     results += check_ivanti(settings, now, transport)
     results.append(check_xmatters_rest(settings, transport))
     urls = [("xmatters trigger", "XMATTERS_TRIGGER_URL", xm.trigger_url)]

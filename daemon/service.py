@@ -142,7 +142,7 @@ class Service:
         )
         wb = settings.writeback
         self.writeback: WriteBack | None = None
-        if wb.enabled:
+        if xs.rest_enabled:  # event ids are learned even when nothing is written back
             actions = (
                 parse_response_actions(wb.response_actions)
                 if wb.response_actions
@@ -160,6 +160,9 @@ class Service:
                     note_max_chars=wb.note_max_chars,
                     concurrency=wb.concurrency,
                     quiet_poll_every=wb.quiet_poll_every,
+                    write_notes=wb.enabled and wb.workflow_writeback != "on",
+                    workflow_check=wb.workflow_writeback == "check",
+                    workflow_wait=timedelta(seconds=wb.workflow_writeback_wait),
                 ),
                 now=now,
             )

@@ -652,6 +652,9 @@ class Unit:
                 number=number,
                 status=status,
                 created_at=now,
+                # An event first seen already ended has an end time too (else no poll
+                # would ever read it): from now, since none of its records was read yet.
+                terminated_at=None if status in ("ACTIVE", "SUSPENDED") else now,
                 polls=0,
                 delivered=0,
                 failed=0,

@@ -32,7 +32,7 @@ from typing import Any
 
 from daemon.errors import ApiError
 from daemon.logs import log_event
-from daemon.models import AuditSeen, XmEvent
+from daemon.models import AuditSeen, OutboxAction, XmEvent
 from daemon.notes import (
     DEFAULT_RESPONSE_ACTIONS,
     NOTE_LIMIT,
@@ -50,12 +50,16 @@ from daemon.xmatters import XMattersClient
 
 log = logging.getLogger("daemon.writeback")
 
+# How an event ends: terminated (by a person, the daemon, or a newer event of the
+# workflow) or by itself (completed: everyone answered with an END option, or nobody is
+# left to notify; expired, which the reference audits as one of the two).
+END_TYPES: tuple[str, ...] = ("EVENT_TERMINATED", "EVENT_COMPLETED")
 AUDIT_TYPES: tuple[str, ...] = (
     "RESPONSE_RECEIVED",
     "EVENT_ANNOTATED",
     "NOTIFICATION_DELIVERED",
     "NOTIFICATION_FAILED",
-    "EVENT_TERMINATED",
+    *END_TYPES,
 )
 
 
@@ -76,6 +80,13 @@ class WritebackConfig:
     concurrency: int = 4
     quiet_poll_every: int = 4
     busy_window: timedelta = timedelta(minutes=15)
+    # False: only learn event ids (write-back off, or the workflow writes back itself).
+    write_notes: bool = True
+    # The original workflow's write-back steps may still run: each note carries the
+    # workflow's wording, waits ``workflow_wait`` after the activity, and is written only
+    # if the journal does not hold it yet (see ``written_already``).
+    workflow_check: bool = False
+    workflow_wait: timedelta = timedelta(seconds=5)
 
 
 @dataclass
@@ -114,7 +125,9 @@ class WriteBack:
     def run_once(self) -> WritebackResult:
         self._cycle += 1
         result = WritebackResult()
-        self._discover(result)
+        self._discover(result)  # also with notes off: paging and ending need the event ids
+        if not self.cfg.write_notes:
+            return result
         events = self._events_due()
         result.events_polled = len(events)
         if not events:
@@ -240,30 +253,37 @@ class WriteBack:
                 note, assign, summary, counts = self._note_for(rec, names)
                 outbox_id = None
                 if note is not None:
+                    payload: dict[str, Any] = {
+                        "note": note,
+                        "assign": assign,
+                        "audit": audit_id,
+                        "event": ev.event_id,
+                    }
+                    if self.cfg.workflow_check:
+                        payload["workflow_note"] = self._workflow_note(rec, names) or note
                     action = u.add_action(
                         rec_id=ev.rec_id,
                         incident_number=number,
                         kind="note",
-                        payload={
-                            "note": note,
-                            "assign": assign,
-                            "audit": audit_id,
-                            "event": ev.event_id,
-                        },
+                        payload=payload,
                         reason=f"xMatters {rec.get('type')} on event {ev.number or ev.event_id}",
                         now=now,
                         dedupe_key=f"audit:{audit_id}",
                     )
+                    if self.cfg.workflow_check:
+                        # Give the workflow's own write-back time to land before looking.
+                        wait = self.cfg.workflow_wait
+                        action.next_attempt_at = min(now + wait, max(now, (_at(rec) or now) + wait))
                     outbox_id = action.id
                     result.notes += 1
                 if row is not None:
                     self._count(row, rec)
                     summary_changed = summary_changed or counts
-                    if rec.get("type") != "EVENT_TERMINATED":
+                    if rec.get("type") not in END_TYPES:
                         row.last_activity_at = now
                     elif row.status != "TERMINATED":
-                        # Ended in xMatters (a person, or a newer event of the workflow):
-                        # the grace period runs from when it happened.
+                        # Ended in xMatters (a person, a newer event of the workflow, or
+                        # by itself): the grace period runs from when it happened.
                         row.status = "TERMINATED"
                         row.terminated_at = _at(rec) or now
                 u.add_audit(
@@ -348,6 +368,15 @@ class WriteBack:
                 return ivanti_login
         return login
 
+    def _workflow_note(
+        self, rec: Mapping[str, Any], names: Mapping[str, tuple[str, str]]
+    ) -> str | None:
+        """The note the original workflow writes for this record: the same wording, but a
+        response's comment is a note of its own there (the comment's record)."""
+        if rec.get("type") == "RESPONSE_RECEIVED":
+            rec = {**rec, "response": {**(rec.get("response") or {}), "comment": None}}
+        return self._note_for(rec, names)[0]
+
     def _note_for(
         self, rec: Mapping[str, Any], names: Mapping[str, tuple[str, str]]
     ) -> tuple[str | None, dict[str, str] | None, str, bool]:
@@ -410,7 +439,119 @@ class WriteBack:
             return text_, None, summary, True
         if kind == "EVENT_TERMINATED":
             return None, None, "event terminated", False
+        if kind == "EVENT_COMPLETED":
+            return None, None, "event completed (ended by itself)", False
         return None, None, f"ignored {kind}", False
+
+
+# ----- the journal check before a note is written -----------------------------------------
+
+
+def written_already(
+    journal: Sequence[str], text: str, workflow_note: str | None, done_same: int, *, unknown: bool
+) -> str | None:
+    """Why the note must not be written (it is in the incident's journal), or None.
+
+    ``done_same`` is how many notes of this very text the daemon has already written to
+    the incident: only occurrences beyond those belong to this note. The note is there if
+    its text is (written by an earlier attempt whose answer was lost, or by the original
+    workflow's own write-back), or if the workflow's wording of it is (``workflow_note``:
+    the workflow writes a response's comment as a note of its own).
+    """
+
+    def count(wanted: str) -> int:
+        return sum(1 for j in journal if j.strip() == wanted.strip())
+
+    if count(text) > done_same:
+        if unknown:
+            return "earlier attempt (or the workflow's own write-back) had written this note; not re-sent"
+        return "the workflow's own write-back had written this note; not written again"
+    if workflow_note and workflow_note.strip() != text.strip() and count(workflow_note) > done_same:
+        return (
+            "the workflow's own write-back had written this note (its wording); not written again"
+        )
+    return None
+
+
+# ----- a late "Assign to me" (decided when the note is delivered) ---------------------------
+
+
+def why_not_assign(
+    *, incident_status: str | None, incident_open: bool, event: str, superseded: bool
+) -> str | None:
+    """Why an Assign-to-me response must not set Owner/Status now, or None to apply it.
+
+    Only an open incident whose current event was answered is assigned: setting
+    Status=Active on a resolved incident would reopen it with nobody paged, and an
+    answer to an event superseded by a page to another team would undo that page.
+    ``incident_status`` None means the incident is no longer tracked (out of scope).
+    """
+    if incident_status is None:
+        return "the incident is no longer in scope"
+    if not incident_open:
+        return f"the incident is {incident_status}"
+    if superseded:
+        return f"event {event} was superseded by a newer page"
+    return None
+
+
+def settle_assignment(u: Unit, action: OutboxAction, now: datetime, prefix: str) -> str | None:
+    """Called by the deliverer in the transaction that starts a note's attempt, so the
+    decision reads the latest stored state (a resolve seen after the note was queued is
+    honoured). When the assignment must not be applied, it is dropped from the action
+    (the note is written alone) and a second note saying why is queued after it.
+    Returns the reason, or None when the assignment stands."""
+    assign = action.payload.get("assign")
+    if not assign:
+        return None
+    incident = u.incident(action.rec_id)
+    event_id = str(action.payload.get("event") or "")
+    row = u.event(event_id) if event_id else None
+    why = why_not_assign(
+        incident_status=incident.status if incident is not None else None,
+        incident_open=incident is not None and incident.status_class == "open",
+        event=(row.number if row is not None and row.number else event_id[:8]),
+        superseded=row is not None and _superseded(u, row),
+    )
+    if why is None:
+        return None
+    action.payload = {**action.payload, "assign": None, "not_assigned": why}
+    action.reason = f"{action.reason}; Owner/Status not applied: {why}"  # shown by `explain`
+    text = f"{prefix} Assignment to {assign['owner']} not applied: {why}"
+    u.add_action(
+        rec_id=action.rec_id,
+        incident_number=action.incident_number,
+        kind="note",
+        payload={"note": text, "assign": None},
+        reason=f"assignment of action {action.id} not applied: {why}",
+        now=now,
+        dedupe_key=f"not-assigned:{action.id}",
+    )
+    log_event(
+        log,
+        logging.INFO,
+        "late Assign to me: writing the note alone",
+        action=action.id,
+        incident=action.incident_number,
+        owner=assign["owner"],
+        why=why,
+    )
+    return why
+
+
+def _superseded(u: Unit, event: XmEvent) -> bool:
+    """Whether a page of the incident newer than the event's own is queued or done."""
+    for a in u.outbox_for(event.rec_id):
+        if a.kind != "page" or a.state not in ("pending", "done"):
+            continue
+        newer = (
+            a.id > event.outbox_id
+            if event.outbox_id is not None
+            else (a.created_at > event.created_at)
+        )
+        if newer:
+            return True
+    return False
 
 
 def _chosen_option(resp: Mapping[str, Any]) -> Mapping[str, Any]:

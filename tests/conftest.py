@@ -49,6 +49,8 @@ def make_service(sims: SimPair, tmp_path: Path) -> Iterator[MakeService]:
         }
         env = sims.daemon_env(tmp_path / "state.db", **opts)
         env.setdefault("XMATTERS_RATE_LIMIT", "1000")
+        # The journal check stays on (the default); its wait would only slow the tests.
+        env.setdefault("IXM_WORKFLOW_WRITEBACK_WAIT", "0")
         env.update(overrides)
         settings = load_settings(env, env_file=os.devnull)
         svc = Service(settings, now=sims.clock.now)

@@ -24,6 +24,18 @@ A Python control API (``events``, ``respond``, ``comment``, ``deliver``,
 ``triggers``, ``terminations``, ``suppressions``, ``set_flood_control``, ``reset``) and the
 same operations under ``/_sim/`` let tests and the demo play the people at the
 other end. Control routes need no authentication and are never faulted.
+
+Switches for readings the reference leaves open (today's behaviour the default):
+
+* ``set_flows(delay=, fail_next=)`` / ``POST /_sim/flows``: asynchronous flows. The
+  workflow trigger answers 202 and its flow runs ``delay`` seconds of sim time later
+  (default 0: before the 202); the next ``fail_next`` flows create nothing.
+* ``complete(id)`` / ``expire(id)`` (``POST /_sim/events/<id>/complete|expire``): events
+  that end by themselves, TERMINATED with an EVENT_COMPLETED audit; the audit type of
+  an expiry is the ``expiry_audit`` switch (EVENT_COMPLETED or EVENT_TERMINATED).
+* ``set_workflow_writeback(ivanti_url, ...)``: the original workflow's own write-back
+  steps, writing notes (and the Assign-to-me Owner/Status) to Ivanti itself
+  (``workflow_writes()`` lists them); off by default.
 """
 
 from __future__ import annotations
@@ -41,6 +53,8 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode
 
+import httpx
+
 from daemon.domain import FORM_PROPERTY_LIMITS
 from daemon.simulators.clock import SimClock
 from daemon.simulators.directory import DEFAULT_DIRECTORY, Directory
@@ -57,6 +71,10 @@ CREATE_TYPES: tuple[str, ...] = ("New Incident", "Reassigned", "Reopened", "Prio
 TERMINATE_TYPE = "Terminate"
 EVENT_STATUSES: tuple[str, ...] = ("ACTIVE", "SUSPENDED", "TERMINATED")
 LIVE_STATUSES: frozenset[str] = frozenset({"ACTIVE", "SUSPENDED"})
+# How an event that ends by itself is audited: completion (every recipient answered with an
+# END option, or nobody is left to notify) is EVENT_COMPLETED; for expiry
+# (``expirationInMinutes``) the reference names no audit type of its own, so it is a switch.
+END_AUDITS: tuple[str, ...] = ("EVENT_COMPLETED", "EVENT_TERMINATED")
 PRIORITIES: tuple[str, ...] = ("LOW", "MEDIUM", "HIGH")
 AUDIT_TYPES: tuple[str, ...] = (
     "EVENT_CREATED",
@@ -282,6 +300,51 @@ class _Refresh:
     rotated: bool = False  # a rotated refresh token is honoured exactly once more
 
 
+@dataclass
+class _WorkflowWriteBack:
+    """The original workflow's own write-back steps (original-workflow.md), for a site
+    whose xMatters can reach Ivanti: on each response, comment and delivery update the
+    flow logs in to Ivanti, PUTs ``{"NewNotes": …}`` (with ``Owner`` and
+    ``Status=Active`` for "Assign to me") and logs out. Every write is recorded in
+    ``workflow_writes()``; a failure is recorded there, never raised (the flow's step
+    fails, the response still counts)."""
+
+    ivanti_url: str
+    tenant: str
+    username: str
+    password: str
+    role: str = "Admin"
+    prefix: str = "[xMatters]"
+    assign_response: str = "Assign to me"
+    writes: list[dict[str, Any]] = field(default_factory=list)
+
+    def write(self, rec_id: str, fields: dict[str, Any]) -> None:
+        entry: dict[str, Any] = {"rec_id": rec_id, "fields": dict(fields), "ok": False}
+        self.writes.append(entry)
+        api = self.ivanti_url.rstrip("/") + "/api"
+        try:
+            with httpx.Client(timeout=10.0) as http:
+                login = http.post(
+                    api + "/rest/authentication/login",
+                    json={
+                        "tenant": self.tenant,
+                        "username": self.username,
+                        "password": self.password,
+                        "role": self.role,
+                    },
+                )
+                login.raise_for_status()
+                key = {"Authorization": str(login.json())}
+                answer = http.put(
+                    f"{api}/odata/businessobject/incidents('{rec_id}')", json=fields, headers=key
+                )
+                entry["status"] = answer.status_code
+                entry["ok"] = answer.is_success
+                http.delete(api + "/rest/authentication/logout", headers=key)
+        except (httpx.HTTPError, ValueError) as exc:
+            entry["error"] = str(exc)
+
+
 # ----- the simulator -----------------------------------------------------------------------
 
 
@@ -305,9 +368,14 @@ class XMattersSimulator(SimServer):
         group_response_options: Sequence[Mapping[str, Any]] | None = None,
         flood_control: bool = True,
         flood_limit: int = 4,
+        flow_delay: float = 0.0,
+        expiry_audit: str = "EVENT_COMPLETED",
         log_requests: bool = False,
     ) -> None:
         super().__init__(clock, log_requests=log_requests)
+        if expiry_audit not in END_AUDITS:
+            raise ValueError(f"expiry_audit must be one of {END_AUDITS}")
+        self.expiry_audit = expiry_audit
         self.users: dict[str, str] = dict(DEFAULT_USERS if users is None else users)
         self.api_keys: dict[str, str] = dict(DEFAULT_API_KEYS if api_keys is None else api_keys)
         self.oauth_clients: set[str] = set(
@@ -329,6 +397,7 @@ class XMattersSimulator(SimServer):
         self.plan_id = _stable_id("plan", PLAN_NAME)
         self.form_id = _stable_id("form", FORM_NAME)
         self._flood_default = (flood_control, _check_limit(flood_limit))
+        self._flow_default = _check_delay(flow_delay)
         self._people: list[_Person] = []
         self._groups: list[_Group] = []
         self._load_directory(directory)
@@ -349,6 +418,10 @@ class XMattersSimulator(SimServer):
         self._refresh: dict[str, _Refresh] = {}
         self._next_event_number = 5_400_001
         self._next_order_id = 1_000
+        self._flow_delay = self._flow_default
+        self._flows_failing = 0  # the next N workflow runs create (and terminate) nothing
+        self._pending_flows: list[tuple[datetime, dict[str, Any], dict[str, Any], _Person]] = []
+        self._writeback: _WorkflowWriteBack | None = None
 
     def reset(self) -> None:
         """Forget events, audits, triggers, tokens, faults and the request log.
@@ -491,9 +564,23 @@ class XMattersSimulator(SimServer):
             "sim.suppressions",
         )
         ctl("POST", p + "flood-control", self._c_flood, "sim.flood")
+        ctl("POST", p + r"events/(?P<eid>[^/]+)/complete", self._c_complete, "sim.complete")
+        ctl("POST", p + r"events/(?P<eid>[^/]+)/expire", self._c_expire, "sim.expire")
+        ctl("POST", p + "flows", self._c_flows, "sim.flows")
 
     def _add_control(self, method: str, pattern: str, handler: Any, name: str) -> None:
         self.add_route(method, pattern, handler, name, control=True)
+
+    def add_route(
+        self, method: str, pattern: str, handler: Any, name: str, *, control: bool = False
+    ) -> None:
+        """Every route first runs the asynchronous flows that are due (see _run_due_flows)."""
+
+        def flowing(req: Request, m: re.Match[str]) -> Response:
+            self._run_due_flows()  # under the simulator's lock, as every handler
+            return handler(req, m)
+
+        super().add_route(method, pattern, flowing, name, control=control)
 
     # ----- authentication --------------------------------------------------------------
     def _basic_principal(self, req: Request) -> _Person | None:
@@ -644,10 +731,35 @@ class XMattersSimulator(SimServer):
         }
         self._triggers.append(record)
         if flavour == "workflow":
-            self._run_workflow(record, payload, principal)
+            self._run_due_flows()
+            if self._flow_delay > 0 or self._pending_flows:
+                # An asynchronous flow: the 202 comes first, the flow runs later, in order.
+                record["outcome"] = "pending"
+                due = self.clock.now() + timedelta(seconds=self._flow_delay)
+                self._pending_flows.append((due, record, copy.deepcopy(payload), principal))
+            else:
+                self._start_flow(record, payload, principal)
         else:
             self._run_form(record, payload, principal)
         return Response.json(202, {"requestId": record["requestId"]})
+
+    def _start_flow(self, record: dict[str, Any], payload: dict[str, Any], who: _Person) -> None:
+        if self._flows_failing > 0:
+            self._flows_failing -= 1
+            record["outcome"] = "error: simulated flow failure (the flow created nothing)"
+            return
+        self._run_workflow(record, payload, who)
+
+    def _run_due_flows(self) -> None:
+        """Run the asynchronous flows that are due by the sim clock.
+
+        Called on every request and control call, so with a frozen clock a flow runs at
+        the first request after the clock passed its due time: deterministic in tests.
+        """
+        now = self.clock.now()
+        while self._pending_flows and self._pending_flows[0][0] <= now:
+            _, record, payload, who = self._pending_flows.pop(0)
+            self._start_flow(record, payload, who)
 
     def _run_workflow(self, record: dict[str, Any], payload: dict[str, Any], who: _Person) -> None:
         """The original flow, step by step.
@@ -892,20 +1004,31 @@ class XMattersSimulator(SimServer):
         return done
 
     def _terminate(self, event: _Event, *, by: str) -> None:
-        now = self.clock.now()
+        self._end(event, "EVENT_TERMINATED", at=self.clock.now(), by=by)
+
+    def _end(self, event: _Event, audit_type: str, *, at: datetime, by: str) -> None:
+        """An event ends: status TERMINATED (the only ended status the API serves), its
+        ``terminated`` time, and the audit record of how it ended."""
         event.status = "TERMINATED"
-        event.terminated = now
-        self._audit(event, "EVENT_TERMINATED")
+        event.terminated = at
+        self._audit(event, audit_type, at=at)
         self._terminations.append(
-            {"event_id": event.id, "rec_id": event.prop("RecId"), "at": iso(now), "by": by}
+            {
+                "event_id": event.id,
+                "rec_id": event.prop("RecId"),
+                "at": iso(at),
+                "by": by,
+            }
         )
 
-    def _audit(self, event: _Event, audit_type: str, **body: Any) -> dict[str, Any]:
+    def _audit(
+        self, event: _Event, audit_type: str, *, at: datetime | None = None, **body: Any
+    ) -> dict[str, Any]:
         self._next_order_id += 1
         record = {
             "id": str(uuid.uuid4()),
             "type": audit_type,
-            "at": iso(self.clock.now()),
+            "at": iso(at or self.clock.now()),
             "orderId": self._next_order_id,
             "event": event.ref(),
             **body,
@@ -1132,7 +1255,15 @@ class XMattersSimulator(SimServer):
         }
         event.annotations.append(annotation)
         self._audit(event, "EVENT_ANNOTATED", annotation=copy.deepcopy(annotation))
+        if self._writeback is not None:
+            note = f"{self._writeback.prefix} {who.first} {who.last} commented [ {text} ]"
+            self._write_back(event, {"NewNotes": note})
         return copy.deepcopy(annotation)
+
+    def _write_back(self, event: _Event, fields: dict[str, Any]) -> None:
+        rec_id = event.prop("RecId")
+        if self._writeback is not None and isinstance(rec_id, str) and rec_id:
+            self._writeback.write(rec_id, fields)
 
     # ----- people and groups -----------------------------------------------------------
     def _h_people_list(self, req: Request, m: re.Match[str]) -> Response:
@@ -1187,6 +1318,7 @@ class XMattersSimulator(SimServer):
     def events(self, rec_id: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
         """Events as served (creation order), optionally by RecId property and status."""
         with self.lock:
+            self._run_due_flows()
             return [
                 self._event_json(e)
                 for e in self._events
@@ -1201,6 +1333,7 @@ class XMattersSimulator(SimServer):
 
     def event(self, event_id: str) -> dict[str, Any]:
         with self.lock:
+            self._run_due_flows()
             return self._event_json(self._control_event(event_id))
 
     def respond(
@@ -1221,6 +1354,7 @@ class XMattersSimulator(SimServer):
         ESCALATE leave the event ACTIVE: END only stops notifying people.
         """
         with self.lock:
+            self._run_due_flows()
             event = self._control_event(event_id)
             who = self._recipient_person(event, person)
             if event.status != "ACTIVE":
@@ -1244,11 +1378,25 @@ class XMattersSimulator(SimServer):
             }
             if comment is not None:
                 body["comment"] = comment
-            return copy.deepcopy(self._audit(event, "RESPONSE_RECEIVED", response=body))
+            record = copy.deepcopy(self._audit(event, "RESPONSE_RECEIVED", response=body))
+            wb = self._writeback
+            if wb is not None:
+                fields: dict[str, Any] = {
+                    "NewNotes": f"{wb.prefix} {who.first} {who.last} | {device} responded "
+                    f"[ {option['text']} ]"
+                }
+                if str(option["text"]).casefold() == wb.assign_response.casefold():
+                    fields.update(Owner=who.target_name, Status="Active")
+                self._write_back(event, fields)
+                if comment is not None:  # the flow's comment trigger fires for it too
+                    said = f"{wb.prefix} {who.first} {who.last} commented [ {comment} ]"
+                    self._write_back(event, {"NewNotes": said})
+            return record
 
     def comment(self, event_id: str, *, person: str, text: str) -> dict[str, Any]:
         """Anyone in the directory may comment on any event: annotation + EVENT_ANNOTATED."""
         with self.lock:
+            self._run_due_flows()
             event = self._control_event(event_id)
             who = self._person(person)
             if who is None:
@@ -1263,6 +1411,7 @@ class XMattersSimulator(SimServer):
         if status not in DELIVERY_STATUSES:
             raise ValueError(f"status must be one of {DELIVERY_STATUSES}")
         with self.lock:
+            self._run_due_flows()
             event = self._control_event(event_id)
             who = self._recipient_person(event, person)
             note = self._notification(event, who, device, status)
@@ -1274,19 +1423,88 @@ class XMattersSimulator(SimServer):
                     event, note, self._device_recipient(who, device), status
                 ),
             )
+            wb = self._writeback
+            if wb is not None:
+                to = (
+                    f"{who.target_name}|{device}"
+                    if status == "FAILED"
+                    else f"{who.first} {who.last} | {device}"
+                )
+                self._write_back(event, {"NewNotes": f"{wb.prefix} Notification {status} to {to}"})
             return copy.deepcopy(record)
 
     def triggers(self) -> list[dict[str, Any]]:
         with self.lock:
+            self._run_due_flows()
             return copy.deepcopy(self._triggers)
 
     def terminations(self) -> list[dict[str, Any]]:
         with self.lock:
+            self._run_due_flows()
             return copy.deepcopy(self._terminations)
 
     def suppressions(self) -> list[dict[str, Any]]:
         with self.lock:
             return copy.deepcopy(self._suppressions)
+
+    def complete(self, event_id: str) -> dict[str, Any]:
+        """The event ends by itself (every recipient answered with an END option, or
+        nobody is left to notify): TERMINATED, with an EVENT_COMPLETED audit."""
+        with self.lock:
+            self._run_due_flows()
+            event = self._live_control_event(event_id)
+            self._end(event, "EVENT_COMPLETED", at=self.clock.now(), by="completed")
+            return self._event_json(event)
+
+    def expire(self, event_id: str) -> dict[str, Any]:
+        """The event's ``expirationInMinutes`` ran out: TERMINATED, audited as the
+        ``expiry_audit`` switch says (the reference names no type of its own)."""
+        with self.lock:
+            self._run_due_flows()
+            event = self._live_control_event(event_id)
+            self._end(event, self.expiry_audit, at=self.clock.now(), by="expiry")
+            return self._event_json(event)
+
+    def set_flows(self, *, delay: float | None = None, fail_next: int | None = None) -> None:
+        """Asynchronous flows: the workflow trigger answers 202 at once and its flow runs
+        ``delay`` seconds of sim time later (0: before the 202, today's default); the next
+        ``fail_next`` flows error out and create (and terminate) nothing."""
+        with self.lock:
+            if delay is not None:
+                self._flow_delay = _check_delay(delay)
+            if fail_next is not None:
+                if fail_next < 0:
+                    raise ValueError("fail_next must be at least 0")
+                self._flows_failing = fail_next
+
+    def _live_control_event(self, ref: str) -> _Event:
+        event = self._control_event(ref)
+        if event.status not in LIVE_STATUSES:
+            raise ValueError(f"event {event.id} is {event.status}; it has ended already")
+        return event
+
+    def set_workflow_writeback(
+        self,
+        ivanti_url: str | None,
+        *,
+        tenant: str = "",
+        username: str = "",
+        password: str = "",
+        role: str = "Admin",
+    ) -> None:
+        """Turn the original workflow's own write-back steps on (an Ivanti URL and the
+        login they use) or off (None, the default)."""
+        with self.lock:
+            self._writeback = (
+                None
+                if ivanti_url is None
+                else _WorkflowWriteBack(ivanti_url, tenant, username, password, role)
+            )
+
+    def workflow_writes(self) -> list[dict[str, Any]]:
+        """What the workflow's own write-back steps sent to Ivanti, in order."""
+        with self.lock:
+            return copy.deepcopy(self._writeback.writes) if self._writeback else []
 
     def set_flood_control(self, enabled: bool, limit: int = 4) -> None:
         with self.lock:
@@ -1308,6 +1526,9 @@ class XMattersSimulator(SimServer):
                 "user_response_options": copy.deepcopy(self.user_response_options),
                 "group_response_options": copy.deepcopy(self.group_response_options),
                 "flood_control": {"enabled": self._flood_enabled, "limit": self._flood_limit},
+                "flows": {"delay": self._flow_delay, "fail_next": self._flows_failing},
+                "expiry_audit": self.expiry_audit,
+                "workflow_writeback": self._writeback is not None,
             }
 
     def _control_event(self, ref: str) -> _Event:
@@ -1346,7 +1567,16 @@ class XMattersSimulator(SimServer):
     def _c_events(self, req: Request, m: re.Match[str]) -> Response:
         return Response.json(200, self.events(req.query.get("rec_id"), req.query.get("status")))
 
-    def _control_call(self, fn: Any, req: Request, m: re.Match[str]) -> Response:
+    def _control_call(
+        self, fn: Any, req: Request, m: re.Match[str], *, with_body: bool = True
+    ) -> Response:
+        if not with_body:
+            try:
+                return Response.json(200, fn(m["eid"]))
+            except LookupError as exc:
+                raise BadRequest(404, str(exc)) from exc
+            except ValueError as exc:
+                raise BadRequest(409, str(exc)) from exc
         body = req.json()
         if not isinstance(body, dict):
             raise BadRequest(400, "The request body must be a JSON object")
@@ -1365,6 +1595,25 @@ class XMattersSimulator(SimServer):
 
     def _c_deliver(self, req: Request, m: re.Match[str]) -> Response:
         return self._control_call(self.deliver, req, m)
+
+    def _c_complete(self, req: Request, m: re.Match[str]) -> Response:
+        return self._control_call(lambda eid: self.complete(eid), req, m, with_body=False)
+
+    def _c_expire(self, req: Request, m: re.Match[str]) -> Response:
+        return self._control_call(lambda eid: self.expire(eid), req, m, with_body=False)
+
+    def _c_flows(self, req: Request, m: re.Match[str]) -> Response:
+        body = req.json()
+        if not isinstance(body, dict):
+            raise BadRequest(400, 'Expected {"delay": seconds, "fail_next": int}')
+        try:
+            self.set_flows(
+                delay=None if body.get("delay") is None else float(body["delay"]),
+                fail_next=None if body.get("fail_next") is None else int(body["fail_next"]),
+            )
+        except (TypeError, ValueError) as exc:
+            raise BadRequest(400, str(exc)) from exc
+        return Response.json(200, {"delay": self._flow_delay, "fail_next": self._flows_failing})
 
     def _c_flood(self, req: Request, m: re.Match[str]) -> Response:
         body = req.json()
@@ -1388,6 +1637,12 @@ def _check_options(options: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]
             raise ValueError(f"response option {opt!r} lacks {sorted(missing)}")
         checked.append(dict(opt))
     return checked
+
+
+def _check_delay(delay: float) -> float:
+    if delay < 0:
+        raise ValueError("flow_delay must be at least 0 seconds")
+    return float(delay)
 
 
 def _check_limit(limit: int) -> int:

@@ -166,6 +166,7 @@ def daemon(live_sims: SimPair, tmp_path: Path) -> Iterator[tuple[Daemon, StateDB
             "IXM_POLL_INTERVAL": "1",
             "IXM_DELIVERY_INTERVAL": "0.2",
             "IXM_WRITEBACK_INTERVAL": "1",
+            "IXM_WORKFLOW_WRITEBACK_WAIT": "0",  # the journal check stays on; no 5 s wait
             "IXM_LOG_LEVEL": "INFO",
             "XMATTERS_RATE_LIMIT": "1000",
             # short request timeouts: an attempt cut short is checked after timeout + 5 s

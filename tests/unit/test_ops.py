@@ -390,6 +390,7 @@ def test_check_passes_against_the_simulators_and_creates_nothing(
     for name in (
         "config",
         "state DB",
+        "write-back",
         "ivanti",
         "ivanti clock",
         "xmatters REST",
