@@ -131,7 +131,7 @@ class XMattersSettings:
     recid_property: str = "RecId#en"
     event_priority: Literal["LOW", "MEDIUM", "HIGH"] = "MEDIUM"
     timeout: float = 30.0
-    rate_limit_per_s: float = 4.0
+    rate_limit_per_s: float = 100.0
     flood_limit_per_min: int = 4
 
     def __post_init__(self) -> None:
@@ -165,13 +165,13 @@ class DeliverySettings:
 @dataclass(frozen=True, slots=True)
 class WritebackSettings:
     enabled: bool = False
-    interval: float = 30.0
+    interval: float = 2.0
     grace: float = 3600.0
     delivery_notes: DeliveryNotes = "all"
     response_actions: str = ""
     user_map: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     note_max_chars: int = 4000
-    concurrency: int = 4
+    concurrency: int = 8
     quiet_poll_every: int = 4
     # Whether the original workflow's own write-back steps still write notes:
     # check (look in the journal first), on (they do; the daemon writes none), off.
@@ -793,7 +793,7 @@ def _load_xmatters(env: _Env) -> XMattersSettings:
             "XMATTERS_EVENT_PRIORITY", "MEDIUM", ("LOW", "MEDIUM", "HIGH")
         ),
         timeout=env.seconds("XMATTERS_TIMEOUT", 30.0, lo=0.1),
-        rate_limit_per_s=env.decimal("XMATTERS_RATE_LIMIT", 4.0, lo=0.01),
+        rate_limit_per_s=env.decimal("XMATTERS_RATE_LIMIT", 100.0, lo=0.01),
         flood_limit_per_min=env.integer("XMATTERS_FLOOD_LIMIT", 4, lo=1),
     )
 
@@ -995,7 +995,7 @@ def _load_writeback(env: _Env, rest_available: bool, check_target: bool) -> Writ
     _check_response_actions(actions)
     return WritebackSettings(
         enabled=enabled,
-        interval=env.seconds("IXM_WRITEBACK_INTERVAL", 30.0, lo=0.01),
+        interval=env.seconds("IXM_WRITEBACK_INTERVAL", 2.0, lo=0.01),
         grace=env.seconds("IXM_WRITEBACK_GRACE", 3600.0, lo=0.0),
         delivery_notes=env.choice(  # type: ignore[arg-type]
             "IXM_DELIVERY_NOTES", "all", ("all", "failures", "summary")
@@ -1003,7 +1003,7 @@ def _load_writeback(env: _Env, rest_available: bool, check_target: bool) -> Writ
         response_actions=actions,
         user_map=MappingProxyType(_user_map(env)),
         note_max_chars=env.integer("IXM_NOTE_MAX_CHARS", 4000, lo=100),
-        concurrency=env.integer("IXM_WRITEBACK_CONCURRENCY", 4, lo=1, hi=64),
+        concurrency=env.integer("IXM_WRITEBACK_CONCURRENCY", 8, lo=1, hi=64),
         quiet_poll_every=env.integer("IXM_QUIET_POLL_EVERY", 4, lo=1),
         workflow_writeback=env.choice(  # type: ignore[arg-type]
             "IXM_WORKFLOW_WRITEBACK", "check", ("check", "on", "off")

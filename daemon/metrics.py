@@ -110,6 +110,18 @@ class Metrics:
             ["api"],
             registry=r,
         )
+        self.writeback_lag = Gauge(
+            "ixm_writeback_lag_seconds",
+            "Seconds the least recently read live xMatters event has gone unread: an answer "
+            "given on it now shows in Ivanti at most about this much later",
+            registry=r,
+        )
+        self.xmatters_rate = Gauge(
+            "ixm_xmatters_request_rate",
+            "Requests a second the daemon allows itself towards xMatters now (the ceiling "
+            "XMATTERS_RATE_LIMIT, lowered by x-ratelimit headers and 429s)",
+            registry=r,
+        )
         self.last_ok_poll = Gauge(
             "ixm_last_successful_poll_timestamp_seconds",
             "Unix time of the last successful poll (baseline and reconcile count)",
@@ -117,6 +129,11 @@ class Metrics:
         )
 
     # ----- recording ---------------------------------------------------------------------
+    def observe_writeback_lag(self, lag_s: float, rate: float | None = None) -> None:
+        self.writeback_lag.set(max(0.0, lag_s))
+        if rate is not None:
+            self.xmatters_rate.set(rate)
+
     def observe_cycle(self, kind: str, duration_s: float) -> None:
         """A finished cycle, successful or not (failed ones matter most when they hang)."""
         self.cycle_duration.labels(kind=kind).observe(max(0.0, duration_s))

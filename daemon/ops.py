@@ -306,6 +306,7 @@ def gather_status(
         "live_events": sum(u.live_event_counts().values()),
         "incidents": incidents,
         "delivery": u.delivery_concerns(),
+        "writeback_lag_s": round(u.writeback_lag(now), 1),
     }
 
 
@@ -371,7 +372,16 @@ def render_status(d: Mapping[str, Any], now: datetime) -> str:
                     "incidents",
                     f"{inc['total']} tracked, {inc['open']} open, {inc['alerting']} alerting",
                 ),
-                ("xMatters", f"{d['live_events']} live event(s)"),
+                (
+                    "xMatters",
+                    f"{d['live_events']} live event(s)"
+                    + (
+                        f"; the least recently read one was read {span(d['writeback_lag_s'])} "
+                        "ago (answers on it show in Ivanti about that much later)"
+                        if d.get("writeback_lag_s")
+                        else ""
+                    ),
+                ),
                 ("outbox", outbox_line),
                 *(("needs a look", w) for w in worries),
             ]

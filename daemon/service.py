@@ -32,6 +32,9 @@ from daemon.xmatters import XMattersClient
 
 log = logging.getLogger("daemon.service")
 
+# A live event unread for longer than this means the request budget cannot keep up.
+WRITEBACK_LAG_WARN_S = 60.0
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -229,10 +232,51 @@ class Service:
         if result.actions:
             self.deliver_job()
 
+    def writeback_loop(self, stop: threading.Event) -> None:
+        """Write-back passes back to back, one at most every ``IXM_WRITEBACK_INTERVAL``:
+        a pass never overlaps itself and is never skipped (a scheduler's interval job
+        skips a run that is due while the last one still reads). A pass that queued
+        notes hands them to the deliverer at once, so an answer shows in Ivanti as soon
+        as it is read. When reading falls behind (``lag``), a WARNING says so."""
+        period = self.settings.writeback.interval
+        behind = False
+        while not stop.is_set():
+            t0 = time.monotonic()
+            try:
+                result = self.writeback_job()
+                if result is not None and result.notes:
+                    self.deliver_job()
+                behind = self._watch_writeback_lag(behind)
+            except Exception:  # logged by the job; the loop goes on
+                pass
+            stop.wait(max(0.0, period - (time.monotonic() - t0)))
+
+    def _watch_writeback_lag(self, behind: bool) -> bool:
+        """Publish how long the least recently read live event has gone unread; WARN
+        once when it passes WRITEBACK_LAG_WARN_S, INFO when it is back under."""
+        with self.store.unit() as u:
+            lag = u.writeback_lag(self.now())
+        self.metrics.observe_writeback_lag(lag, self.xm.limiter.rate)
+        if lag > WRITEBACK_LAG_WARN_S and not behind:
+            log_event(
+                log,
+                logging.WARNING,
+                "write-back is falling behind: a live event went unread for longer than "
+                f"{WRITEBACK_LAG_WARN_S:g} s (the xMatters request budget cannot keep up: "
+                "raise XMATTERS_RATE_LIMIT or IXM_WRITEBACK_CONCURRENCY if the plan allows)",
+                lag=f"{lag:.0f}s",
+                rate=f"{self.xm.limiter.rate:g}/s",
+            )
+            return True
+        if lag <= WRITEBACK_LAG_WARN_S and behind:
+            log_event(log, logging.INFO, "write-back caught up", lag=f"{lag:.0f}s")
+            return False
+        return behind
+
     def writeback_job(self) -> WritebackResult | None:
-        """Reading xMatters audits can take a while (500 live events at 4 requests a
-        second is half a minute), so it runs beside the other jobs, not under their
-        lock: it only adds note actions, in their own transactions."""
+        """Reading xMatters audits can take a while (2,000 live events are 500 requests
+        a pass), so it runs beside the other jobs, not under their lock: it only adds
+        note actions, in their own transactions."""
         if self.writeback is None or self.dry_run:
             return None
         try:
@@ -301,13 +345,10 @@ class Service:
             id="deliver",
             next_run_time=now + timedelta(seconds=1),
         )
+        writeback: threading.Thread | None = None
         if self.writeback is not None:
-            scheduler.add_job(
-                self._safe(self.writeback_job),
-                "interval",
-                seconds=s.writeback.interval,
-                id="writeback",
-                next_run_time=now + timedelta(seconds=2),
+            writeback = threading.Thread(
+                target=self.writeback_loop, args=(stop,), name="writeback", daemon=True
             )
         if s.poll.reconcile_interval:
             scheduler.add_job(
@@ -319,6 +360,8 @@ class Service:
         if s.ops.metrics_port is not None:
             self.metrics.serve(s.ops.metrics_addr, s.ops.metrics_port)
         scheduler.start()
+        if writeback is not None:
+            writeback.start()
         log_event(
             log,
             logging.INFO,
@@ -356,6 +399,8 @@ class Service:
             systemd.notify("STOPPING=1")
             log_event(log, logging.INFO, "stopping: finishing the current step")
             scheduler.shutdown(wait=True)
+            if writeback is not None:
+                writeback.join(timeout=120.0)  # a pass in flight finishes its requests
             log_event(log, logging.INFO, "stopped")
 
     def _xmatters_answers(self) -> bool:

@@ -15,7 +15,7 @@ import json
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
 
@@ -686,6 +686,20 @@ class Unit:
             ev.terminated_at = now
             n += 1
         return n
+
+    def writeback_lag(self, now: datetime) -> float:
+        """Seconds the least recently read live event has gone unread (0 if none)."""
+        q = select(func.min(func.coalesce(XmEvent.last_polled_at, XmEvent.created_at))).where(
+            XmEvent.status != "TERMINATED"
+        )
+        oldest = self.s.scalar(q)
+        if oldest is None:
+            return 0.0
+        if isinstance(oldest, str):  # SQLite hands back coalesce() as text
+            oldest = datetime.fromisoformat(oldest)
+        if oldest.tzinfo is None:
+            oldest = oldest.replace(tzinfo=UTC)
+        return max(0.0, (now - oldest).total_seconds())
 
     def events_to_poll(self, now: datetime, grace: timedelta) -> list[XmEvent]:
         q = select(XmEvent).where(

@@ -77,7 +77,7 @@ class WritebackConfig:
     )
     user_map: Mapping[str, str] = field(default_factory=dict)
     note_max_chars: int = NOTE_LIMIT
-    concurrency: int = 4
+    concurrency: int = 8
     quiet_poll_every: int = 4
     busy_window: timedelta = timedelta(minutes=15)
     # False: only learn event ids (write-back off, or the workflow writes back itself).

@@ -150,3 +150,36 @@ def test_notify_never_blocks_on_a_socket_nobody_reads(
         sock.close()
     assert sent[0] is True
     assert sent[-1] is False  # queue full: dropped, not blocked
+
+
+def test_write_back_passes_run_back_to_back_and_notes_go_out_at_once(
+    sims: SimPair, tmp_path: Path, systemd: FakeSystemd
+) -> None:
+    """Write-back runs in its own loop at the default 2 s interval (no skipped runs), a
+    pass that queued notes delivers them without waiting for the deliverer's tick, and
+    the lag of the least recently read event is published."""
+    svc = _service(sims, tmp_path, IXM_DELIVERY_INTERVAL="3600")  # only the loop delivers
+    stop, thread = _start(svc)
+    try:
+        systemd.wait_for(lambda m: any(x.startswith("READY=1") for x in m))
+        sims.clock.advance(30)
+        inc = sims.ivanti.create_incident(Priority="1", OwnerTeam="Network Operations")
+        rec = str(inc["RecId"])
+        deadline = time.monotonic() + 20
+        while not sims.xmatters.live_events(rec) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        [ev] = sims.xmatters.live_events(rec)
+        sims.xmatters.comment(str(ev["id"]), person="jsmith", text="on my way")
+        sims.clock.advance(10)  # past the wait for the workflow's own write-back
+        deadline = time.monotonic() + 30
+        while not sims.ivanti.notes(rec) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert any("on my way" in str(n["NotesBody"]) for n in sims.ivanti.notes(rec))
+        assert svc.metrics.writeback_lag._value.get() >= 0  # published by the loop
+        assert threading.active_count() > 1
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+        svc.close()
+    assert not thread.is_alive()
+    assert not any(t.name == "writeback" for t in threading.enumerate())

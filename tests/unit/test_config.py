@@ -101,7 +101,7 @@ def test_minimal_environment_gives_documented_defaults(in_tmp_dir: Path) -> None
     assert (xm.event_priority, xm.timeout, xm.rate_limit_per_s, xm.flood_limit_per_min) == (
         "MEDIUM",
         30.0,
-        4.0,
+        100.0,
         4,
     )
     assert xm.user_response_options == () and xm.group_response_options == ()
@@ -122,9 +122,9 @@ def test_minimal_environment_gives_documented_defaults(in_tmp_dir: Path) -> None
     )
     w = s.writeback
     assert w.enabled is False  # no XMATTERS_BASE_URL
-    assert (w.interval, w.grace, w.delivery_notes, w.response_actions) == (30, 3600, "all", "")
+    assert (w.interval, w.grace, w.delivery_notes, w.response_actions) == (2, 3600, "all", "")
     assert dict(w.user_map) == {}
-    assert (w.note_max_chars, w.concurrency, w.quiet_poll_every) == (4000, 4, 4)
+    assert (w.note_max_chars, w.concurrency, w.quiet_poll_every) == (4000, 8, 4)
     o = s.ops
     assert (o.log_level, o.metrics_port, o.metrics_addr, o.deadman) == (
         "INFO",
