@@ -6,10 +6,20 @@ Reading changes (``Poller.poll``)
     row's second (``ge``), re-reading that second's rows, which are skipped as
     already seen (by RecId and LastModDateTime). When a whole page falls inside one
     second (more than a page of incidents share a LastModDateTime), that second
-    is drained on its own, keyed by RecId (``ge S and lt S+1 and RecId gt 'R'``),
-    before moving on past it: no row is lost however many share a timestamp, and
-    no query puts a parenthesised group or an ``or`` anywhere but first, because
-    Ivanti misreads both (reference ivanti-api.md §2.3).
+    is drained on its own, keyed by IncidentNumber (``ge S and lt S+1 and
+    IncidentNumber gt N``, ordered by IncidentNumber alone), before moving on past
+    it: no row is lost however many share a timestamp, and no query puts a
+    parenthesised group or an ``or`` anywhere but first, because Ivanti misreads
+    both (reference ivanti-api.md §2.3).
+
+    This path ("safe", the default) assumes nothing the reference leaves open: not
+    that Ivanti stores whole seconds (if it keeps sub-seconds but serves whole
+    seconds, rows of one served second come back in their hidden sub-second order),
+    and not that ``RecId gt`` compares in the collation ``$orderby`` sorts by. An
+    integer compares as it sorts under every reading. ``IXM_PAGING=keyset`` takes
+    the cheaper exact continuation ``(second, RecId) > (S, R)`` and drains a crowded
+    second by RecId: exactly ceil(changes / page size) + 1 requests, but it loses
+    rows on a tenant where either assumption is false.
 
 The watermark
     comes from server values only: after a cycle it is
@@ -78,6 +88,7 @@ class PollerConfig:
     page_size: int = 100
     overlap: timedelta = timedelta(seconds=60)
     baseline_page_critical: bool = False
+    paging: str = "safe"  # or "keyset": see the module docstring
 
 
 @dataclass
@@ -229,7 +240,7 @@ class Poller:
             yield page
             if len(page.rows) < size:
                 return
-            keyset = self._keyset_after(page.rows)
+            keyset = self._keyset_after(page.rows) if self.cfg.paging == "keyset" else None
             if keyset is not None:
                 flt = keyset
                 continue
@@ -283,9 +294,26 @@ class Poller:
         return f"{group} and {scope}" if scope else group
 
     def _drain_second(self, second: datetime, result: PollResult) -> Iterator[Any]:
-        """Every row inside one second, keyed by RecId (for > page-size ties)."""
+        """Every row inside one second (for > page-size ties): keyed by IncidentNumber,
+        which compares as it sorts; by RecId only with ``IXM_PAGING=keyset``."""
         lo = odata_datetime_literal(second)
         hi = odata_datetime_literal(second + timedelta(seconds=1))
+        if self.cfg.paging != "keyset":
+            number: int | None = None
+            while True:
+                expr = f"LastModDateTime ge {lo} and LastModDateTime lt {hi}"
+                if number is not None:
+                    expr += f" and IncidentNumber gt {number}"
+                page = self._query(self._scoped(expr), "IncidentNumber asc", result)
+                yield page
+                numbers = [
+                    n
+                    for n in (r.get("IncidentNumber") for r in page.rows)
+                    if isinstance(n, int) and not isinstance(n, bool)
+                ]
+                if len(page.rows) < self.cfg.page_size or not numbers:
+                    return
+                number = max(numbers)
         after = ""
         while True:
             expr = f"LastModDateTime ge {lo} and LastModDateTime lt {hi}"

@@ -113,6 +113,7 @@ class Service:
                 page_size=settings.poll.page_size,
                 overlap=timedelta(seconds=settings.poll.overlap),
                 baseline_page_critical=settings.poll.baseline_page_critical,
+                paging=settings.poll.paging,
             ),
             now=now,
         )
