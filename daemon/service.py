@@ -26,7 +26,7 @@ from daemon.logs import log_event
 from daemon.metrics import Metrics
 from daemon.notes import DEFAULT_RESPONSE_ACTIONS, parse_response_actions
 from daemon.poller import Poller, PollerConfig, PollResult
-from daemon.store import Store
+from daemon.store import Store, open_dry_run
 from daemon.writeback import WriteBack, WritebackConfig, WritebackResult
 from daemon.xmatters import XMattersClient
 
@@ -94,6 +94,12 @@ class Service:
         self.settings = settings
         self.dry_run = dry_run  # poll and diff only: nothing sent, nothing written
         self.now = now
+        # A dry run never touches the state DB: it reads a private copy (or, for a
+        # database that cannot be copied, reads it with every transaction rolled back).
+        self.dry_run_note = ""
+        if store is None and dry_run:
+            store, self.dry_run_note = open_dry_run(settings.state_db_url)
+            log_event(log, logging.WARNING, "dry run: " + self.dry_run_note)
         self.store = store or Store(settings.state_db_url)
         self.ivanti = ivanti or build_ivanti(settings)
         self.xm = xmatters or build_xmatters(settings)
@@ -186,13 +192,14 @@ class Service:
         with self.lock:
             t0 = time.monotonic()
             try:
-                result = self.poller.reconcile()
+                result = self.poller.reconcile(dry_run=self.dry_run)
             except Exception as exc:
                 self.metrics.observe_cycle("reconcile", time.monotonic() - t0)
                 self._failed("ivanti", "reconcile", exc)
                 raise
-            self.metrics.observe_poll(result, time.monotonic() - t0)
-            log_event(log, logging.INFO, "reconcile done", **result.summary())
+            if not self.dry_run:
+                self.metrics.observe_poll(result, time.monotonic() - t0)
+            log_event(log, logging.INFO, "reconcile done", dry_run=self.dry_run, **result.summary())
             return result
 
     def deliver_job(self) -> DeliveryResult:
@@ -257,6 +264,7 @@ class Service:
     def cycle(self, *, dry_run: bool = False) -> CycleReport:
         """One full cycle: poll, deliver, write back, deliver (what `once` runs)."""
         report = CycleReport()
+        dry_run = dry_run or self.dry_run
         try:
             report.poll = self.poll_job(dry_run=dry_run)
             if dry_run:
