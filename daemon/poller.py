@@ -466,16 +466,22 @@ class Poller:
             stored = u.incident_states(s.rec_id for s in snaps)
             assigning = u.pending_assignments(stored)
             writes = _PageWrites(self.cfg.policy, now, baseline)
-            for snap in snaps:
-                state = stored.get(snap.rec_id)
+            for served in snaps:
+                state = stored.get(served.rec_id)
                 prev = (
                     None if state is None or state.deleted else snapshot_from_json(state.snapshot)
                 )
+                # While the daemon's own Owner/Status write has not landed, Ivanti serves
+                # the values from before it, which the stored snapshot no longer has:
+                # judge the record as it will be once the write lands, so that only
+                # that difference is taken as the daemon's, and any other field a person
+                # saved (even in the same second) is still a change.
+                snap = _as_if_assigned(served, prev, assigning.get(served.rec_id, ()))
                 if (
                     state is not None
                     and prev is not None
                     and state.last_mod == snap.last_mod
-                    and (prev == snap or snap.rec_id in assigning)
+                    and prev == snap
                 ):
                     processed.append(snap)
                     continue  # seen as it is already (overlap re-read)
@@ -507,7 +513,7 @@ class Poller:
                     and state is not None
                     and (
                         (state.own_write_at is not None and snap.last_mod == state.own_write_at)
-                        or _assignment_landed(assigning.get(snap.rec_id, ()), snap)
+                        or _assignment_landed(assigning.get(snap.rec_id, ()), served)
                     )
                 ):
                     reason = f"the daemon's own write-back (note/Owner/Status): {reason}"
@@ -733,6 +739,32 @@ def _assignment_landed(pending: Sequence[Mapping[str, Any]], served: Snapshot) -
         and str(a.get("status", "Active")).casefold() == served.status.casefold()
         for a in pending
     )
+
+
+def _as_if_assigned(
+    served: Snapshot, stored: Snapshot | None, pending: Sequence[Mapping[str, Any]]
+) -> Snapshot:
+    """The served record with a pending assignment's Owner/Status applied, when the
+    deliverer has recorded that assignment on the stored snapshot and Ivanti still
+    serves the Owner/Status from before it (the write has not landed yet); otherwise
+    the served record as it is. Only those two fields are taken over, and only while
+    both still hold the values from before the write, so a person's own change of
+    Owner or Status, or of anything else, stays visible."""
+    if stored is None:
+        return served
+    for a in pending:
+        before = a.get("prev")
+        if not isinstance(before, Mapping):
+            continue  # not sent yet: the stored snapshot was not patched either
+        owner, status = str(a.get("owner", "")), str(a.get("status", "Active"))
+        if (
+            stored.owner.casefold() == owner.casefold()
+            and stored.status.casefold() == status.casefold()
+            and served.owner.casefold() == str(before.get("owner", "")).casefold()
+            and served.status.casefold() == str(before.get("status", "")).casefold()
+        ):
+            return served.with_changes(owner=stored.owner, status=stored.status)
+    return served
 
 
 def _recipient_key(recipient: object) -> str | None:
