@@ -380,23 +380,59 @@ class Poller:
         return upto
 
     def _recheck_missing(self, missing: list[str], result: PollResult, dry_run: bool) -> None:
-        """Tracked open incidents absent from the open sweep: fetch each to learn why."""
+        """Tracked open incidents absent from the open sweep: fetch each to learn why.
+
+        With a scope filter, each is first looked up within the scope: one that is
+        still in Ivanti but no longer in scope (moved to a team the daemon does not
+        page, say) is not judged at all (that would page the team out of scope), it
+        stops being followed, as one that was deleted."""
         for rec_id in missing:
+            if self.cfg.scope_filter.strip():
+                page = self._query(
+                    self._scoped(f"RecId eq {odata_quote(rec_id)}"), "RecId asc", result
+                )
+                rows = [r for r in page.rows if str(r.get("RecId", "")).upper() == rec_id.upper()]
+                if rows:
+                    self._commit_page(rows[:1], result, "reconcile", False, dry_run)
+                    continue
             raw = self.ivanti.get_incident(rec_id)
             result.requests += 1
             if raw is None:
                 self._mark_deleted(rec_id, result, dry_run)
+            elif self.cfg.scope_filter.strip():
+                result.rows_read += 1
+                log_event(
+                    log,
+                    logging.WARNING,
+                    "incident left IVANTI_SCOPE_FILTER; no longer followed (its page, if "
+                    "any, is ended; nobody out of scope is paged)",
+                    rec_id=rec_id,
+                    owner_team=str(raw.get("OwnerTeam", "")),
+                )
+                self._mark_deleted(
+                    rec_id,
+                    result,
+                    dry_run,
+                    reason="incident left IVANTI_SCOPE_FILTER (e.g. moved to a team out of "
+                    "scope): no longer followed, nobody out of scope paged",
+                )
             else:
                 result.rows_read += 1
                 self._commit_page([raw], result, "reconcile", False, dry_run)
 
-    def _mark_deleted(self, rec_id: str, result: PollResult, dry_run: bool) -> None:
+    def _mark_deleted(
+        self,
+        rec_id: str,
+        result: PollResult,
+        dry_run: bool,
+        *,
+        reason: str = "incident no longer exists in Ivanti (deleted or out of reach)",
+    ) -> None:
         now = self.now()
         with self.store.unit(rollback=dry_run) as u:
             row = u.incident(rec_id)
             if row is None or row.deleted:
                 return
-            reason = "incident no longer exists in Ivanti (deleted or out of reach)"
             change = self._change_row(
                 row,
                 Unit.snapshot_of(row),

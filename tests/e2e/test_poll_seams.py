@@ -63,3 +63,40 @@ def test_same_second_save_while_an_assignment_is_pending(
         transitions = [c.transition for c in u.changes_for(rec)]
     # the assignment read back once it landed is the daemon's own write, nothing more
     assert transitions == [None, "Priority Upgrade", "Priority Downgrade", None]
+
+
+def test_reconcile_honours_the_scope_filter(sims: SimPair, make_service: MakeService) -> None:
+    """An incident moved to a team out of IVANTI_SCOPE_FILTER drops out of the polls;
+    the reconcile sweep finds it missing and must not judge it anyway (that paged the
+    team out of scope with a Reassigned): it stops following it and ends its page."""
+    svc = started(make_service, sims, IVANTI_SCOPE_FILTER="OwnerTeam ne 'Service Desk'")
+    rec = sims.ivanti.create_incident(Priority="1", OwnerTeam=NET)["RecId"]
+    resolved = sims.ivanti.create_incident(Priority="1", OwnerTeam=DB)["RecId"]
+    settle(svc, sims)
+    assert len(sims.xmatters.live_events(rec)) == 1
+    sims.clock.advance(30)
+    sims.ivanti.edit_incident(rec, OwnerTeam="Service Desk")
+    sims.ivanti.edit_incident(resolved, Status="Resolved")
+    settle(svc, sims)  # the poll sees the resolve; the move is out of its sight
+    sims.clock.advance(30)
+    svc.reconcile_job()
+    settle(svc, sims)
+    teams = [str(t["payload"].get("OwnerTeam")) for t in sims.xmatters.triggers()]
+    assert "Service Desk" not in teams
+    assert sorted(trigger_log(sims)) == sorted(
+        [
+            (rec, "New Incident", "created"),
+            (resolved, "New Incident", "created"),
+            (resolved, "Terminate", "terminated_only"),
+            (rec, "Terminate", "terminated_only"),
+        ]
+    )
+    assert sims.xmatters.live_events(rec) == []
+    with svc.store.unit() as u:
+        changes = u.changes_for(rec)
+    assert "left IVANTI_SCOPE_FILTER" in changes[-1].reason
+    # Back in scope: followed again, as a first sighting.
+    sims.clock.advance(30)
+    sims.ivanti.edit_incident(rec, OwnerTeam=DB)
+    settle(svc, sims)
+    assert trigger_log(sims)[-1] == (rec, "New Incident", "created")
