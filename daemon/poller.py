@@ -46,14 +46,25 @@ The reconcile sweep (``Poller.reconcile``)
     start the same sweep takes the baseline: existing incidents are recorded and
     nobody is paged.
 
+    A sweep reads and commits one page at a time under ``step_lock`` (the service's
+    job lock) and lets go of it between pages, so polls and deliveries go on during
+    an hour-long sweep of a large tenant; ``on_progress`` is called after each page
+    (the service counts it as a sign of life). The baseline records how far it got
+    (the last IncidentNumber and its start) in each page's transaction, so after a
+    restart it resumes there instead of starting over; its cursor starts where the
+    baseline began, so what changed meanwhile is still polled.
+
 Each page is committed in one transaction: snapshots, the changes seen, the
 transitions and the outbox actions they cause, together.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -73,6 +84,7 @@ log = logging.getLogger("daemon.poller")
 WATERMARK = "watermark"
 BASELINE_DONE = "baseline_done"
 LAST_RECONCILE = "last_reconcile"
+BASELINE_PROGRESS = "baseline_progress"  # {"after": IncidentNumber, "started": iso} or ""
 ORDER_CHANGES = "LastModDateTime asc,RecId asc"
 
 
@@ -131,19 +143,28 @@ class Poller:
         config: PollerConfig,
         *,
         now: Callable[[], datetime] = utcnow,
+        step_lock: AbstractContextManager[Any] | None = None,
+        on_progress: Callable[[], None] | None = None,
     ) -> None:
         self.ivanti = ivanti
         self.store = store
         self.cfg = config
         self.now = now
+        self.step_lock: AbstractContextManager[Any] = step_lock or nullcontext()
+        self.on_progress = on_progress
+        self._sweeping = threading.Lock()  # one sweep (baseline or reconcile) at a time
 
     # ----- public ------------------------------------------------------------------------
     def poll(self, *, dry_run: bool = False) -> PollResult:
         """One incremental read of what changed since the watermark (baseline at first start)."""
-        with self.store.unit() as u:
-            raw_wm = u.get_state(WATERMARK)
-        if raw_wm is None:
-            return self.reconcile(dry_run=dry_run, baseline=True)
+        with self.step_lock:
+            with self.store.unit() as u:
+                raw_wm = u.get_state(WATERMARK)
+            if raw_wm is not None:
+                return self._poll_from(raw_wm, dry_run)
+        return self.reconcile(dry_run=dry_run, baseline=True)
+
+    def _poll_from(self, raw_wm: str, dry_run: bool) -> PollResult:
         watermark = parse_utc(raw_wm)
         result = PollResult(kind="poll", watermark_before=watermark)
         cycle_id = self._start_cycle("poll", raw_wm, dry_run)
@@ -190,33 +211,70 @@ class Poller:
         return newest, first_date
 
     def reconcile(self, *, dry_run: bool = False, baseline: bool = False) -> PollResult:
-        """Re-read every open incident in scope and fix drift (level-triggered)."""
+        """Re-read every open incident in scope and fix drift (level-triggered); the
+        baseline when nothing is followed yet. One page at a time under ``step_lock``."""
+        with self._sweeping:
+            with self.step_lock, self.store.unit() as u:
+                raw_wm = u.get_state(WATERMARK)
+                raw_progress = u.get_state(BASELINE_PROGRESS) or ""
+            if raw_wm is None:
+                baseline = True  # nothing followed yet: any sweep is the baseline
+            elif baseline:
+                return self.poll(dry_run=dry_run)  # taken meanwhile by another sweep
+            return self._sweep(raw_wm, raw_progress if baseline else "", dry_run, baseline)
+
+    def _sweep(
+        self, raw_wm: str | None, raw_progress: str, dry_run: bool, baseline: bool
+    ) -> PollResult:
         kind = "baseline" if baseline else "reconcile"
         result = PollResult(kind=kind, baseline=baseline)
-        with self.store.unit() as u:
-            raw_wm = u.get_state(WATERMARK)
         result.watermark_before = parse_utc(raw_wm) if raw_wm else None
-        cycle_id = self._start_cycle(kind, raw_wm, dry_run)
-        result.cycle_id = cycle_id
+        with self.step_lock:
+            result.cycle_id = self._start_cycle(kind, raw_wm, dry_run)
         try:
-            first_date: datetime | None = None
+            first_date, resume_after = _baseline_progress(raw_progress)
+            if resume_after is not None:
+                log_event(
+                    log,
+                    logging.INFO,
+                    "resuming the first-start baseline where it stopped",
+                    after_incident=resume_after,
+                    started=iso_utc(first_date) if first_date else "?",
+                )
             missing: list[str] = []
             after: int | None = None  # IncidentNumbers up to here are compared already
-            for page in self._read_open(result):
-                if first_date is None:
-                    first_date = page.server_date
-                self._commit_page(page.rows, result, kind, baseline, dry_run)
-                if not baseline:  # at first start nothing can be missing
-                    after = self._collect_missing(page.rows, after, missing)
+            pages = self._read_open(result, resume_after)
+            while True:
+                with self.step_lock:
+                    page = next(pages, None)
+                    if page is None:
+                        break
+                    if first_date is None:
+                        first_date = page.server_date or self.now()
+                    progress = None
+                    numbers = _numbers(page.rows)
+                    if baseline and numbers:
+                        progress = {
+                            BASELINE_PROGRESS: json.dumps(
+                                {"after": max(numbers), "started": iso_utc(first_date)}
+                            )
+                        }
+                    self._commit_page(page.rows, result, kind, baseline, dry_run, progress)
+                    if not baseline:  # at first start nothing can be missing
+                        after = self._collect_missing(page.rows, after, missing)
+                if self.on_progress is not None:
+                    self.on_progress()
             self._recheck_missing(missing, result, dry_run)
             if baseline:
                 start = first_date or self.now()
                 result.watermark_after = _floor(start) - self.cfg.overlap
             else:
                 result.watermark_after = result.watermark_before
-            self._finish_cycle(result, dry_run, ok=True)
+            with self.step_lock:
+                self._finish_cycle(result, dry_run, ok=True)
         except Exception as exc:
-            self._finish_cycle(result, dry_run, ok=False, error=exc)
+            with self.step_lock:
+                self._finish_cycle(result, dry_run, ok=False, error=exc)
             raise
         return result
 
@@ -326,14 +384,13 @@ class Poller:
                 return
             after = max(ids)
 
-    def _read_open(self, result: PollResult) -> Iterator[Any]:
+    def _read_open(self, result: PollResult, after: int | None = None) -> Iterator[Any]:
         terminal = sorted(
             self.cfg.policy.resolved_statuses
             | self.cfg.policy.closed_statuses
             | self.cfg.policy.canceled_statuses
         )
         status_expr = " and ".join(f"Status ne {odata_quote(s)}" for s in terminal)
-        after: int | None = None
         while True:
             expr = status_expr
             if after is not None:
@@ -387,38 +444,43 @@ class Poller:
         page, say) is not judged at all (that would page the team out of scope), it
         stops being followed, as one that was deleted."""
         for rec_id in missing:
-            if self.cfg.scope_filter.strip():
-                page = self._query(
-                    self._scoped(f"RecId eq {odata_quote(rec_id)}"), "RecId asc", result
-                )
-                rows = [r for r in page.rows if str(r.get("RecId", "")).upper() == rec_id.upper()]
-                if rows:
-                    self._commit_page(rows[:1], result, "reconcile", False, dry_run)
-                    continue
-            raw = self.ivanti.get_incident(rec_id)
-            result.requests += 1
-            if raw is None:
-                self._mark_deleted(rec_id, result, dry_run)
-            elif self.cfg.scope_filter.strip():
-                result.rows_read += 1
-                log_event(
-                    log,
-                    logging.WARNING,
-                    "incident left IVANTI_SCOPE_FILTER; no longer followed (its page, if "
-                    "any, is ended; nobody out of scope is paged)",
-                    rec_id=rec_id,
-                    owner_team=str(raw.get("OwnerTeam", "")),
-                )
-                self._mark_deleted(
-                    rec_id,
-                    result,
-                    dry_run,
-                    reason="incident left IVANTI_SCOPE_FILTER (e.g. moved to a team out of "
-                    "scope): no longer followed, nobody out of scope paged",
-                )
-            else:
-                result.rows_read += 1
-                self._commit_page([raw], result, "reconcile", False, dry_run)
+            with self.step_lock:
+                self._recheck_one(rec_id, result, dry_run)
+            if self.on_progress is not None:
+                self.on_progress()
+
+    def _recheck_one(self, rec_id: str, result: PollResult, dry_run: bool) -> None:
+        """One tracked open incident the sweep did not see (under the step lock)."""
+        if self.cfg.scope_filter.strip():
+            page = self._query(self._scoped(f"RecId eq {odata_quote(rec_id)}"), "RecId asc", result)
+            rows = [r for r in page.rows if str(r.get("RecId", "")).upper() == rec_id.upper()]
+            if rows:
+                self._commit_page(rows[:1], result, "reconcile", False, dry_run)
+                return
+        raw = self.ivanti.get_incident(rec_id)
+        result.requests += 1
+        if raw is None:
+            self._mark_deleted(rec_id, result, dry_run)
+        elif self.cfg.scope_filter.strip():
+            result.rows_read += 1
+            log_event(
+                log,
+                logging.WARNING,
+                "incident left IVANTI_SCOPE_FILTER; no longer followed (its page, if "
+                "any, is ended; nobody out of scope is paged)",
+                rec_id=rec_id,
+                owner_team=str(raw.get("OwnerTeam", "")),
+            )
+            self._mark_deleted(
+                rec_id,
+                result,
+                dry_run,
+                reason="incident left IVANTI_SCOPE_FILTER (e.g. moved to a team out of "
+                "scope): no longer followed, nobody out of scope paged",
+            )
+        else:
+            result.rows_read += 1
+            self._commit_page([raw], result, "reconcile", False, dry_run)
 
     def _mark_deleted(
         self,
@@ -478,6 +540,7 @@ class Poller:
         source: str,
         baseline: bool,
         dry_run: bool,
+        extra_state: Mapping[str, str] | None = None,
     ) -> list[Snapshot]:
         """Diff one page against the stored snapshots and commit it in one transaction.
 
@@ -578,6 +641,8 @@ class Poller:
                 stored[snap.rec_id] = writes.save_snapshot(snap, state, new_alerting)
                 processed.append(snap)
             writes.write(u)
+            for name, value in (extra_state or {}).items():
+                u.set_state(name, value, now)  # in the page's transaction
         return processed
 
     def _reject(
@@ -682,9 +747,11 @@ class Poller:
             cycle.error = str(error)[:2000] if error else None
             if ok and result.watermark_after is not None:
                 cycle.watermark_after = iso_utc(result.watermark_after)
-                u.set_state(WATERMARK, iso_utc(result.watermark_after), now)
+                if result.kind != "reconcile":  # polls run beside it and move the cursor
+                    u.set_state(WATERMARK, iso_utc(result.watermark_after), now)
                 if result.kind == "baseline":
                     u.set_state(BASELINE_DONE, iso_utc(now), now)
+                    u.set_state(BASELINE_PROGRESS, "", now)
                 if result.kind in ("baseline", "reconcile"):
                     u.set_state(LAST_RECONCILE, iso_utc(now), now)
                 u.set_state(f"last_ok_{result.kind}", iso_utc(now), now)
@@ -775,6 +842,27 @@ def _assignment_landed(pending: Sequence[Mapping[str, Any]], served: Snapshot) -
         and str(a.get("status", "Active")).casefold() == served.status.casefold()
         for a in pending
     )
+
+
+def _numbers(rows: Sequence[Mapping[str, Any]]) -> list[int]:
+    return [
+        n
+        for n in (r.get("IncidentNumber") for r in rows)
+        if isinstance(n, int) and not isinstance(n, bool)
+    ]
+
+
+def _baseline_progress(raw: str) -> tuple[datetime | None, int | None]:
+    """(when the interrupted baseline started, the last IncidentNumber it committed),
+    or (None, None) when there is none to resume."""
+    if not raw:
+        return None, None
+    try:
+        data = json.loads(raw)
+        return parse_utc(str(data["started"])), int(data["after"])
+    except (ValueError, KeyError, TypeError):
+        log_event(log, logging.WARNING, "unreadable baseline progress; starting it over")
+        return None, None
 
 
 def _as_if_assigned(

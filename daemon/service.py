@@ -3,7 +3,9 @@
 The scheduler only wires the pieces. Jobs (poll, deliver, write-back, reconcile)
 run one at a time under one lock, so a poll never reads an Ivanti change while
 the deliverer is half-way through recording it, and each job has one instance,
-coalesced (a late run is not repeated). SIGTERM/SIGINT let the running step
+coalesced (a late run is not repeated). A sweep (the first-start baseline, the
+reconcile) holds that lock one page at a time, so polls and deliveries go on
+between its pages, and each page it commits is a sign of life for the watchdog. SIGTERM/SIGINT let the running step
 finish and commit, then the process exits 0.
 """
 
@@ -106,6 +108,7 @@ class Service:
         self.lock = threading.Lock()
         self.metrics = Metrics(now=now)
         self.last_poll_ok: datetime | None = None
+        self.last_progress: datetime | None = None  # a sweep's last committed page
         self.last_error: dict[str, str] = {}
         xs = settings.xmatters
         assert xs is not None and settings.ivanti is not None
@@ -122,6 +125,8 @@ class Service:
                 paging=settings.poll.paging,
             ),
             now=now,
+            step_lock=self.lock,
+            on_progress=self._sweep_progress,
         )
         d = settings.delivery
         self.deliverer = Deliverer(
@@ -173,34 +178,35 @@ class Service:
     # ----- jobs --------------------------------------------------------------------------
     def poll_job(self, *, dry_run: bool = False) -> PollResult:
         dry_run = dry_run or self.dry_run
-        with self.lock:
-            t0 = time.monotonic()
-            try:
-                result = self.poller.poll(dry_run=dry_run)
-            except Exception as exc:
-                self.metrics.observe_cycle("poll", time.monotonic() - t0)
-                self._failed("ivanti", "poll", exc)
-                raise
-            if not dry_run:
-                self.metrics.observe_poll(result, time.monotonic() - t0)
-            self.last_poll_ok = self.now()
-            self.last_error.pop("ivanti", None)
-            log_event(log, logging.INFO, f"{result.kind} done", dry_run=dry_run, **result.summary())
-            return result
+        t0 = time.monotonic()
+        try:
+            result = self.poller.poll(dry_run=dry_run)  # takes self.lock itself
+        except Exception as exc:
+            self.metrics.observe_cycle("poll", time.monotonic() - t0)
+            self._failed("ivanti", "poll", exc)
+            raise
+        if not dry_run:
+            self.metrics.observe_poll(result, time.monotonic() - t0)
+        self.last_poll_ok = self.now()
+        self.last_error.pop("ivanti", None)
+        log_event(log, logging.INFO, f"{result.kind} done", dry_run=dry_run, **result.summary())
+        return result
 
     def reconcile_job(self) -> PollResult:
-        with self.lock:
-            t0 = time.monotonic()
-            try:
-                result = self.poller.reconcile(dry_run=self.dry_run)
-            except Exception as exc:
-                self.metrics.observe_cycle("reconcile", time.monotonic() - t0)
-                self._failed("ivanti", "reconcile", exc)
-                raise
-            if not self.dry_run:
-                self.metrics.observe_poll(result, time.monotonic() - t0)
-            log_event(log, logging.INFO, "reconcile done", dry_run=self.dry_run, **result.summary())
-            return result
+        t0 = time.monotonic()
+        try:
+            result = self.poller.reconcile(dry_run=self.dry_run)  # self.lock page by page
+        except Exception as exc:
+            self.metrics.observe_cycle("reconcile", time.monotonic() - t0)
+            self._failed("ivanti", "reconcile", exc)
+            raise
+        if not self.dry_run:
+            self.metrics.observe_poll(result, time.monotonic() - t0)
+        log_event(log, logging.INFO, "reconcile done", dry_run=self.dry_run, **result.summary())
+        return result
+
+    def _sweep_progress(self) -> None:
+        self.last_progress = self.now()
 
     def deliver_job(self) -> DeliveryResult:
         if self.dry_run:
@@ -338,8 +344,9 @@ class Service:
         stalled_logged = False
         try:
             while not stop.wait(timeout=systemd.watchdog_period(default=5.0)):
-                healthy_since = self.last_poll_ok or started
-                if not ready and self.last_poll_ok is not None and self._xmatters_answers():
+                alive = [t for t in (self.last_poll_ok, self.last_progress) if t is not None]
+                healthy_since = max(alive, default=started)
+                if not ready and alive and self._xmatters_answers():
                     systemd.notify("READY=1\nSTATUS=polling")
                     log_event(log, logging.INFO, "ready: state DB migrated, both APIs answered")
                     ready = True
