@@ -52,7 +52,10 @@ The reconcile sweep (``Poller.reconcile``)
     (the service counts it as a sign of life). The baseline records how far it got
     (the last IncidentNumber and its start) in each page's transaction, so after a
     restart it resumes there instead of starting over; its cursor starts where the
-    baseline began, so what changed meanwhile is still polled.
+    baseline began, so what changed meanwhile is still polled. An incident the
+    baseline reads that was created after it began (while it ran, or while the
+    daemon was down half-way) did not exist "at first start": it is judged as any
+    new incident, paged if critical.
 
 Each page is committed in one transaction: snapshots, the changes seen, the
 transitions and the outbox actions they cause, together.
@@ -259,7 +262,10 @@ class Poller:
                                 {"after": max(numbers), "started": iso_utc(first_date)}
                             )
                         }
-                    self._commit_page(page.rows, result, kind, baseline, dry_run, progress)
+                    born = _created_since(page.rows, first_date) if baseline else frozenset()
+                    self._commit_page(
+                        page.rows, result, kind, baseline, dry_run, progress, not_baseline=born
+                    )
                     if not baseline:  # at first start nothing can be missing
                         after = self._collect_missing(page.rows, after, missing)
                 if self.on_progress is not None:
@@ -541,6 +547,8 @@ class Poller:
         baseline: bool,
         dry_run: bool,
         extra_state: Mapping[str, str] | None = None,
+        *,
+        not_baseline: frozenset[str] = frozenset(),
     ) -> list[Snapshot]:
         """Diff one page against the stored snapshots and commit it in one transaction.
 
@@ -597,11 +605,12 @@ class Poller:
                         stored=iso_utc(state.last_mod),
                         served=iso_utc(snap.last_mod),
                     )
+                row_baseline = baseline and snap.rec_id not in not_baseline
                 verdict = decide(
                     prev,
                     snap,
                     self.cfg.policy,
-                    baseline=baseline,
+                    baseline=row_baseline,
                     page_baseline_critical=self.cfg.baseline_page_critical,
                 )
                 alerting = state.alerting if state is not None else False
@@ -638,7 +647,9 @@ class Poller:
                         dry_run=dry_run,
                     )
                 result.actions.extend(actions)
-                stored[snap.rec_id] = writes.save_snapshot(snap, state, new_alerting)
+                stored[snap.rec_id] = writes.save_snapshot(
+                    snap, state, new_alerting, baseline=row_baseline
+                )
                 processed.append(snap)
             writes.write(u)
             for name, value in (extra_state or {}).items():
@@ -790,7 +801,12 @@ class _PageWrites:
         self.actions.append((change, values))
 
     def save_snapshot(
-        self, snap: Snapshot, state: IncidentState | None, alerting: bool | None
+        self,
+        snap: Snapshot,
+        state: IncidentState | None,
+        alerting: bool | None,
+        *,
+        baseline: bool | None = None,
     ) -> IncidentState:
         """Stage the incident row as ``Unit.save_snapshot`` would set it (``alerting``
         None leaves it as it is; ``baseline`` only on a first sighting) and return the
@@ -804,7 +820,7 @@ class _PageWrites:
             self.inserts[rec_id] = {
                 "rec_id": rec_id,
                 "first_seen_at": self.now,
-                "baseline": self.baseline,
+                "baseline": self.baseline if baseline is None else baseline,
                 "alerting": bool(alerting),
                 **values,
             }
@@ -850,6 +866,25 @@ def _numbers(rows: Sequence[Mapping[str, Any]]) -> list[int]:
         for n in (r.get("IncidentNumber") for r in rows)
         if isinstance(n, int) and not isinstance(n, bool)
     ]
+
+
+def _created_since(rows: Sequence[Mapping[str, Any]], start: datetime | None) -> frozenset[str]:
+    """RecIds (upper case) of the rows created in a second after the one the baseline
+    began in (``start``, Ivanti's clock): they are new incidents, not the baseline's.
+    (The second it began in counts as "at first start".)"""
+    if start is None:
+        return frozenset()
+    cutoff = _floor(start) + timedelta(seconds=1)
+    out = set()
+    for row in rows:
+        try:
+            created = parse_ivanti_datetime(row.get("CreatedDateTime"))
+        except ValueError:
+            continue
+        rec = row.get("RecId")
+        if created is not None and created >= cutoff and isinstance(rec, str):
+            out.add(rec.strip().upper())
+    return frozenset(out)
 
 
 def _baseline_progress(raw: str) -> tuple[datetime | None, int | None]:

@@ -118,8 +118,9 @@ def test_first_start_baseline_resumes_after_a_restart(
 ) -> None:
     """The daemon dies half-way through its first-start baseline (250 incidents, 10 a
     page). Restarted, it carries on after the last page it committed instead of
-    starting over; nobody is paged for what was open, and a change made while it was
-    down to an incident it had already recorded is still paged."""
+    starting over; nobody is paged for what was open, while a change made while it was
+    down to an incident it had already recorded, and an incident created meanwhile,
+    are paged."""
     recs = sims.ivanti.bulk_create(240, Priority="3", OwnerTeam=NET)
     recs += sims.ivanti.bulk_create(10, Priority="1", OwnerTeam=DB)
     svc = make_service(IXM_PAGE_SIZE="10")
@@ -135,6 +136,7 @@ def test_first_start_baseline_resumes_after_a_restart(
     assert len(change_counts(svc)) == 120  # twelve pages committed
     sims.clock.advance(600)  # down for ten minutes, while someone works
     sims.ivanti.edit_incident(recs[5], Priority="1")
+    born = sims.ivanti.create_incident(Priority="1", OwnerTeam=NET)["RecId"]
     again = make_service(IXM_PAGE_SIZE="10")
     filters: list[str] = []
     real = again.poller.ivanti.query_incidents
@@ -147,16 +149,18 @@ def test_first_start_baseline_resumes_after_a_restart(
     report = again.cycle()
     assert report.ok, report.error
     assert report.poll is not None and report.poll.kind == "baseline"
-    # pages 13 to 25 and the empty one that ends it, starting after the 120th incident
+    # the 131 incidents after the 120th: 13 full pages and a short one that ends it
     assert report.poll.requests == 14
     with again.store.unit() as u:
         numbers = sorted(i.incident_number for i in u.list_incidents())
     assert f"IncidentNumber gt {numbers[119]}" in filters[0]
-    assert change_counts(again) == {r: 1 for r in recs}
-    assert sims.xmatters.triggers() == []
+    assert change_counts(again) == {r: 1 for r in [*recs, born]}
+    assert [t.kind.value for t in report.poll.transitions] == ["New Incident"]
     sims.clock.advance(30)
     settle(again, sims)
-    assert trigger_log(sims) == [(recs[5], "Priority Upgrade", "created")]
+    assert sorted(trigger_log(sims)) == sorted(
+        [(born, "New Incident", "created"), (recs[5], "Priority Upgrade", "created")]
+    )
 
 
 def test_a_poll_and_its_page_go_out_between_the_pages_of_a_reconcile(
