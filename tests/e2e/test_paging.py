@@ -341,3 +341,38 @@ def test_reconcile_sweep_finds_deletions_on_every_page(
     assert sorted(ends) == sorted([recs[0], recs[20]])  # recs[34] was not paging
     # 32 open incidents left: 4 pages of 10 (the last one short), one GET per missing one
     assert report.requests == math.ceil(32 / 10) + 3
+
+
+@pytest.mark.parametrize("paging", ["safe", "keyset"])
+def test_check_tells_whether_keyset_paging_holds(
+    sims: SimPair,
+    tmp_path: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    paging: str,
+) -> None:
+    """`check` probes the tenant on a sample: under either unknown it refutes the RecId
+    keyset (FAIL when IXM_PAGING=keyset is set); under today's reading it says so."""
+    import json
+
+    from daemon.cli import main
+
+    for key, value in sims.daemon_env(tmp_path / "state.db", IXM_PAGING=paging).items():
+        monkeypatch.setenv(key, value)
+    crowded_second(sims, 8, Priority="3", OwnerTeam=NET)
+    sims.clock.advance(1)
+    sims.ivanti.create_incident(Priority="3", OwnerTeam=NET)
+    capsys.readouterr()
+    code = main(["--env-file", "/dev/null", "check", "--quiet", "--json"])
+    checks = {c["name"]: c for c in json.loads(capsys.readouterr().out)["checks"]}
+    result = checks["ivanti paging"]
+    if reading(sims) == "today":
+        assert result["status"] == "OK" and "stores whole seconds" in result["message"]
+    elif paging == "keyset":
+        assert code == 1 and result["status"] == "FAIL"
+        assert "IXM_PAGING=keyset loses rows" in result["message"]
+    else:
+        assert result["status"] == "OK" and "as this tenant needs" in result["message"]
+    expected = {"subsecond": "sub-seconds", "guid": "sorts RecIds"}.get(reading(sims))
+    if expected:
+        assert expected in result["message"]
