@@ -172,15 +172,25 @@ def _db(args: argparse.Namespace) -> int:
 
 def _once(settings: Settings, *, dry_run: bool, as_json: bool) -> int:
     from daemon.service import Service
+    from daemon.store import DryRunUnavailable
 
-    service = Service(settings)
+    try:
+        service = Service(settings, dry_run=dry_run)
+    except DryRunUnavailable as exc:
+        print(f"dry run not possible: {exc}", file=sys.stderr)
+        return 1
     try:
         report = service.cycle(dry_run=dry_run)
     finally:
         service.close()
     if as_json:
-        print(json.dumps(_report_dict(report, dry_run), indent=2))
+        out = _report_dict(report, dry_run)
+        if dry_run:
+            out["state_db"] = service.dry_run_note
+        print(json.dumps(out, indent=2))
     else:
+        if dry_run:
+            print(f"state DB: {service.dry_run_note}")
         _print_report(report, dry_run)
     return 0 if report.ok else 1
 
@@ -247,7 +257,13 @@ def _run(settings: Settings, *, dry_run: bool) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    service = Service(settings, dry_run=dry_run)
+    from daemon.store import DryRunUnavailable
+
+    try:
+        service = Service(settings, dry_run=dry_run)
+    except DryRunUnavailable as exc:
+        print(f"dry run not possible: {exc}", file=sys.stderr)
+        return 1
     try:
         service.run(stop)
     finally:

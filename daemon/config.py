@@ -150,6 +150,10 @@ class PollSettings:
     reconcile_interval: float = 3600.0  # 0 disables the full open-incident re-read
     page_size: int = 100  # Ivanti rejects $top > 100
     baseline_page_critical: bool = False
+    # "safe": loses no row whatever Ivanti's time precision and RecId collation;
+    # "keyset": the cheaper (second, RecId) keyset, for a tenant known to store whole
+    # seconds and to compare RecIds as it sorts them (daemon/poller.py)
+    paging: str = "safe"
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,6 +305,7 @@ class Settings:
             ),
             ("IXM_PAGE_SIZE", _show(po.page_size)),
             ("IXM_BASELINE_PAGE_CRITICAL", _show(po.baseline_page_critical)),
+            ("IXM_PAGING", _show(po.paging)),
             ("IXM_DELIVERY_INTERVAL", _show(de.interval)),
             ("IXM_MAX_ATTEMPTS", _show(de.max_attempts)),
             ("IXM_MAX_AGE", _show(de.max_age)),
@@ -963,6 +968,7 @@ def _load_poll(env: _Env) -> PollSettings:
             "IXM_PAGE_SIZE", 100, lo=1, hi=100, why="Ivanti rejects $top above 100"
         ),
         baseline_page_critical=env.boolean("IXM_BASELINE_PAGE_CRITICAL", False),
+        paging=env.choice("IXM_PAGING", "safe", ("safe", "keyset")),
     )
 
 

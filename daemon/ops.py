@@ -1003,6 +1003,7 @@ def check_ivanti(
         results.append(CheckResult("ivanti", "OK", message))
         if iv.scope_filter:
             results.append(_check_scope(client, iv.scope_filter))
+        results.append(_check_paging(client, settings.poll.paging))
         results.append(_skew("ivanti clock", "Ivanti", client.last_server_date, now()))
     finally:
         try:
@@ -1026,6 +1027,82 @@ def _check_scope(client: Any, scope: str) -> CheckResult:
         )
     found = "matches incidents" if page.rows else "matches no incident right now"
     return CheckResult("ivanti scope", "OK", f"IVANTI_SCOPE_FILTER accepted; it {found}")
+
+
+def _check_paging(client: Any, paging: str) -> CheckResult:
+    """Probe, on a sample, the two things IXM_PAGING=keyset assumes and the reference
+    leaves open: that Ivanti stores whole seconds (the rows served in one second all
+    match ``LastModDateTime eq`` that second), and that it sorts RecIds in the text
+    order ``RecId gt`` compares in. A sample can refute them, never prove them."""
+    from datetime import timedelta
+
+    from daemon.ivanti import odata_quote
+    from daemon.timeutil import odata_datetime_literal, parse_ivanti_datetime
+
+    def rows(flt: str, orderby: str, top: int = 100) -> list[Mapping[str, Any]]:
+        return list(client.query_incidents(flt, orderby, top=top).rows)
+
+    problems: list[str] = []
+    try:
+        seconds: list[datetime] = []
+        for row in rows("IncidentNumber gt 0", "LastModDateTime desc", 20):
+            try:
+                stamp = parse_ivanti_datetime(row.get("LastModDateTime"))
+            except ValueError:
+                continue
+            if stamp is not None and stamp.replace(microsecond=0) not in seconds:
+                seconds.append(stamp.replace(microsecond=0))
+        for second in seconds[:3]:
+            lo = odata_datetime_literal(second)
+            hi = odata_datetime_literal(second + timedelta(seconds=1))
+            wide = rows(f"LastModDateTime ge {lo} and LastModDateTime lt {hi}", "RecId asc")
+            exact = rows(f"LastModDateTime eq {lo}", "RecId asc")
+            if len(exact) < len(wide):
+                problems.append(
+                    "it keeps sub-seconds it serves as whole seconds "
+                    f"({len(wide) - len(exact)} of {len(wide)} rows of {lo} do not equal it)"
+                )
+                break
+        ids = [
+            str(r["RecId"]).upper()
+            for r in rows("IncidentNumber gt 0", "RecId asc", 50)
+            if isinstance(r.get("RecId"), str)
+        ]
+        if ids != sorted(ids):
+            problems.append("it sorts RecIds in another order than the text order it compares in")
+        elif len(ids) >= 2:
+            pivot = ids[len(ids) // 2 - 1]
+            after = [
+                str(r.get("RecId", "")).upper()
+                for r in rows(f"RecId gt {odata_quote(pivot)}", "RecId asc", 100)
+            ]
+            if after[: len(ids) - len(ids) // 2] != ids[len(ids) // 2 :]:
+                problems.append("its 'RecId gt' does not follow the order it sorts RecIds in")
+    except ApiError as exc:
+        return CheckResult("ivanti paging", "SKIP", f"could not probe paging ({exc.detail})")
+    if not seconds:
+        return CheckResult("ivanti paging", "SKIP", "no incident visible to probe paging on")
+    if problems:
+        found = "; ".join(problems)
+        if paging == "keyset":
+            return CheckResult(
+                "ivanti paging",
+                "FAIL",
+                f"IXM_PAGING=keyset loses rows on this tenant: {found}; set IXM_PAGING=safe "
+                "(the default)",
+            )
+        return CheckResult("ivanti paging", "OK", f"IXM_PAGING=safe, as this tenant needs: {found}")
+    tail = (
+        ""
+        if paging == "keyset"
+        else "; IXM_PAGING=keyset would hold here too (a sample is no proof)"
+    )
+    return CheckResult(
+        "ivanti paging",
+        "OK",
+        f"IXM_PAGING={paging}; on a sample this tenant stores whole seconds and compares "
+        f"RecIds as it sorts them{tail}",
+    )
 
 
 def _xmatters_fix(exc: ApiError, settings: Settings) -> str:

@@ -6,10 +6,20 @@ Reading changes (``Poller.poll``)
     row's second (``ge``), re-reading that second's rows, which are skipped as
     already seen (by RecId and LastModDateTime). When a whole page falls inside one
     second (more than a page of incidents share a LastModDateTime), that second
-    is drained on its own, keyed by RecId (``ge S and lt S+1 and RecId gt 'R'``),
-    before moving on past it: no row is lost however many share a timestamp, and
-    no query puts a parenthesised group or an ``or`` anywhere but first, because
-    Ivanti misreads both (reference ivanti-api.md §2.3).
+    is drained on its own, keyed by IncidentNumber (``ge S and lt S+1 and
+    IncidentNumber gt N``, ordered by IncidentNumber alone), before moving on past
+    it: no row is lost however many share a timestamp, and no query puts a
+    parenthesised group or an ``or`` anywhere but first, because Ivanti misreads
+    both (reference ivanti-api.md §2.3).
+
+    This path ("safe", the default) assumes nothing the reference leaves open: not
+    that Ivanti stores whole seconds (if it keeps sub-seconds but serves whole
+    seconds, rows of one served second come back in their hidden sub-second order),
+    and not that ``RecId gt`` compares in the collation ``$orderby`` sorts by. An
+    integer compares as it sorts under every reading. ``IXM_PAGING=keyset`` takes
+    the cheaper exact continuation ``(second, RecId) > (S, R)`` and drains a crowded
+    second by RecId: exactly ceil(changes / page size) + 1 requests, but it loses
+    rows on a tenant where either assumption is false.
 
 The watermark
     comes from server values only: after a cycle it is
@@ -36,14 +46,28 @@ The reconcile sweep (``Poller.reconcile``)
     start the same sweep takes the baseline: existing incidents are recorded and
     nobody is paged.
 
+    A sweep reads and commits one page at a time under ``step_lock`` (the service's
+    job lock) and lets go of it between pages, so polls and deliveries go on during
+    an hour-long sweep of a large tenant; ``on_progress`` is called after each page
+    (the service counts it as a sign of life). The baseline records how far it got
+    (the last IncidentNumber and its start) in each page's transaction, so after a
+    restart it resumes there instead of starting over; its cursor starts where the
+    baseline began, so what changed meanwhile is still polled. An incident the
+    baseline reads that was created after it began (while it ran, or while the
+    daemon was down half-way) did not exist "at first start": it is judged as any
+    new incident, paged if critical.
+
 Each page is committed in one transaction: snapshots, the changes seen, the
 transitions and the outbox actions they cause, together.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -63,6 +87,7 @@ log = logging.getLogger("daemon.poller")
 WATERMARK = "watermark"
 BASELINE_DONE = "baseline_done"
 LAST_RECONCILE = "last_reconcile"
+BASELINE_PROGRESS = "baseline_progress"  # {"after": IncidentNumber, "started": iso} or ""
 ORDER_CHANGES = "LastModDateTime asc,RecId asc"
 
 
@@ -78,6 +103,7 @@ class PollerConfig:
     page_size: int = 100
     overlap: timedelta = timedelta(seconds=60)
     baseline_page_critical: bool = False
+    paging: str = "safe"  # or "keyset": see the module docstring
 
 
 @dataclass
@@ -120,19 +146,28 @@ class Poller:
         config: PollerConfig,
         *,
         now: Callable[[], datetime] = utcnow,
+        step_lock: AbstractContextManager[Any] | None = None,
+        on_progress: Callable[[], None] | None = None,
     ) -> None:
         self.ivanti = ivanti
         self.store = store
         self.cfg = config
         self.now = now
+        self.step_lock: AbstractContextManager[Any] = step_lock or nullcontext()
+        self.on_progress = on_progress
+        self._sweeping = threading.Lock()  # one sweep (baseline or reconcile) at a time
 
     # ----- public ------------------------------------------------------------------------
     def poll(self, *, dry_run: bool = False) -> PollResult:
         """One incremental read of what changed since the watermark (baseline at first start)."""
-        with self.store.unit() as u:
-            raw_wm = u.get_state(WATERMARK)
-        if raw_wm is None:
-            return self.reconcile(dry_run=dry_run, baseline=True)
+        with self.step_lock:
+            with self.store.unit() as u:
+                raw_wm = u.get_state(WATERMARK)
+            if raw_wm is not None:
+                return self._poll_from(raw_wm, dry_run)
+        return self.reconcile(dry_run=dry_run, baseline=True)
+
+    def _poll_from(self, raw_wm: str, dry_run: bool) -> PollResult:
         watermark = parse_utc(raw_wm)
         result = PollResult(kind="poll", watermark_before=watermark)
         cycle_id = self._start_cycle("poll", raw_wm, dry_run)
@@ -179,33 +214,73 @@ class Poller:
         return newest, first_date
 
     def reconcile(self, *, dry_run: bool = False, baseline: bool = False) -> PollResult:
-        """Re-read every open incident in scope and fix drift (level-triggered)."""
+        """Re-read every open incident in scope and fix drift (level-triggered); the
+        baseline when nothing is followed yet. One page at a time under ``step_lock``."""
+        with self._sweeping:
+            with self.step_lock, self.store.unit() as u:
+                raw_wm = u.get_state(WATERMARK)
+                raw_progress = u.get_state(BASELINE_PROGRESS) or ""
+            if raw_wm is None:
+                baseline = True  # nothing followed yet: any sweep is the baseline
+            elif baseline:
+                return self.poll(dry_run=dry_run)  # taken meanwhile by another sweep
+            return self._sweep(raw_wm, raw_progress if baseline else "", dry_run, baseline)
+
+    def _sweep(
+        self, raw_wm: str | None, raw_progress: str, dry_run: bool, baseline: bool
+    ) -> PollResult:
         kind = "baseline" if baseline else "reconcile"
         result = PollResult(kind=kind, baseline=baseline)
-        with self.store.unit() as u:
-            raw_wm = u.get_state(WATERMARK)
         result.watermark_before = parse_utc(raw_wm) if raw_wm else None
-        cycle_id = self._start_cycle(kind, raw_wm, dry_run)
-        result.cycle_id = cycle_id
+        with self.step_lock:
+            result.cycle_id = self._start_cycle(kind, raw_wm, dry_run)
         try:
-            first_date: datetime | None = None
+            first_date, resume_after = _baseline_progress(raw_progress)
+            if resume_after is not None:
+                log_event(
+                    log,
+                    logging.INFO,
+                    "resuming the first-start baseline where it stopped",
+                    after_incident=resume_after,
+                    started=iso_utc(first_date) if first_date else "?",
+                )
             missing: list[str] = []
             after: int | None = None  # IncidentNumbers up to here are compared already
-            for page in self._read_open(result):
-                if first_date is None:
-                    first_date = page.server_date
-                self._commit_page(page.rows, result, kind, baseline, dry_run)
-                if not baseline:  # at first start nothing can be missing
-                    after = self._collect_missing(page.rows, after, missing)
+            pages = self._read_open(result, resume_after)
+            while True:
+                with self.step_lock:
+                    page = next(pages, None)
+                    if page is None:
+                        break
+                    if first_date is None:
+                        first_date = page.server_date or self.now()
+                    progress = None
+                    numbers = _numbers(page.rows)
+                    if baseline and numbers:
+                        progress = {
+                            BASELINE_PROGRESS: json.dumps(
+                                {"after": max(numbers), "started": iso_utc(first_date)}
+                            )
+                        }
+                    born = _created_since(page.rows, first_date) if baseline else frozenset()
+                    self._commit_page(
+                        page.rows, result, kind, baseline, dry_run, progress, not_baseline=born
+                    )
+                    if not baseline:  # at first start nothing can be missing
+                        after = self._collect_missing(page.rows, after, missing)
+                if self.on_progress is not None:
+                    self.on_progress()
             self._recheck_missing(missing, result, dry_run)
             if baseline:
                 start = first_date or self.now()
                 result.watermark_after = _floor(start) - self.cfg.overlap
             else:
                 result.watermark_after = result.watermark_before
-            self._finish_cycle(result, dry_run, ok=True)
+            with self.step_lock:
+                self._finish_cycle(result, dry_run, ok=True)
         except Exception as exc:
-            self._finish_cycle(result, dry_run, ok=False, error=exc)
+            with self.step_lock:
+                self._finish_cycle(result, dry_run, ok=False, error=exc)
             raise
         return result
 
@@ -229,7 +304,7 @@ class Poller:
             yield page
             if len(page.rows) < size:
                 return
-            keyset = self._keyset_after(page.rows)
+            keyset = self._keyset_after(page.rows) if self.cfg.paging == "keyset" else None
             if keyset is not None:
                 flt = keyset
                 continue
@@ -283,9 +358,26 @@ class Poller:
         return f"{group} and {scope}" if scope else group
 
     def _drain_second(self, second: datetime, result: PollResult) -> Iterator[Any]:
-        """Every row inside one second, keyed by RecId (for > page-size ties)."""
+        """Every row inside one second (for > page-size ties): keyed by IncidentNumber,
+        which compares as it sorts; by RecId only with ``IXM_PAGING=keyset``."""
         lo = odata_datetime_literal(second)
         hi = odata_datetime_literal(second + timedelta(seconds=1))
+        if self.cfg.paging != "keyset":
+            number: int | None = None
+            while True:
+                expr = f"LastModDateTime ge {lo} and LastModDateTime lt {hi}"
+                if number is not None:
+                    expr += f" and IncidentNumber gt {number}"
+                page = self._query(self._scoped(expr), "IncidentNumber asc", result)
+                yield page
+                numbers = [
+                    n
+                    for n in (r.get("IncidentNumber") for r in page.rows)
+                    if isinstance(n, int) and not isinstance(n, bool)
+                ]
+                if len(page.rows) < self.cfg.page_size or not numbers:
+                    return
+                number = max(numbers)
         after = ""
         while True:
             expr = f"LastModDateTime ge {lo} and LastModDateTime lt {hi}"
@@ -298,14 +390,13 @@ class Poller:
                 return
             after = max(ids)
 
-    def _read_open(self, result: PollResult) -> Iterator[Any]:
+    def _read_open(self, result: PollResult, after: int | None = None) -> Iterator[Any]:
         terminal = sorted(
             self.cfg.policy.resolved_statuses
             | self.cfg.policy.closed_statuses
             | self.cfg.policy.canceled_statuses
         )
         status_expr = " and ".join(f"Status ne {odata_quote(s)}" for s in terminal)
-        after: int | None = None
         while True:
             expr = status_expr
             if after is not None:
@@ -352,23 +443,64 @@ class Poller:
         return upto
 
     def _recheck_missing(self, missing: list[str], result: PollResult, dry_run: bool) -> None:
-        """Tracked open incidents absent from the open sweep: fetch each to learn why."""
-        for rec_id in missing:
-            raw = self.ivanti.get_incident(rec_id)
-            result.requests += 1
-            if raw is None:
-                self._mark_deleted(rec_id, result, dry_run)
-            else:
-                result.rows_read += 1
-                self._commit_page([raw], result, "reconcile", False, dry_run)
+        """Tracked open incidents absent from the open sweep: fetch each to learn why.
 
-    def _mark_deleted(self, rec_id: str, result: PollResult, dry_run: bool) -> None:
+        With a scope filter, each is first looked up within the scope: one that is
+        still in Ivanti but no longer in scope (moved to a team the daemon does not
+        page, say) is not judged at all (that would page the team out of scope), it
+        stops being followed, as one that was deleted."""
+        for rec_id in missing:
+            with self.step_lock:
+                self._recheck_one(rec_id, result, dry_run)
+            if self.on_progress is not None:
+                self.on_progress()
+
+    def _recheck_one(self, rec_id: str, result: PollResult, dry_run: bool) -> None:
+        """One tracked open incident the sweep did not see (under the step lock)."""
+        if self.cfg.scope_filter.strip():
+            page = self._query(self._scoped(f"RecId eq {odata_quote(rec_id)}"), "RecId asc", result)
+            rows = [r for r in page.rows if str(r.get("RecId", "")).upper() == rec_id.upper()]
+            if rows:
+                self._commit_page(rows[:1], result, "reconcile", False, dry_run)
+                return
+        raw = self.ivanti.get_incident(rec_id)
+        result.requests += 1
+        if raw is None:
+            self._mark_deleted(rec_id, result, dry_run)
+        elif self.cfg.scope_filter.strip():
+            result.rows_read += 1
+            log_event(
+                log,
+                logging.WARNING,
+                "incident left IVANTI_SCOPE_FILTER; no longer followed (its page, if "
+                "any, is ended; nobody out of scope is paged)",
+                rec_id=rec_id,
+                owner_team=str(raw.get("OwnerTeam", "")),
+            )
+            self._mark_deleted(
+                rec_id,
+                result,
+                dry_run,
+                reason="incident left IVANTI_SCOPE_FILTER (e.g. moved to a team out of "
+                "scope): no longer followed, nobody out of scope paged",
+            )
+        else:
+            result.rows_read += 1
+            self._commit_page([raw], result, "reconcile", False, dry_run)
+
+    def _mark_deleted(
+        self,
+        rec_id: str,
+        result: PollResult,
+        dry_run: bool,
+        *,
+        reason: str = "incident no longer exists in Ivanti (deleted or out of reach)",
+    ) -> None:
         now = self.now()
         with self.store.unit(rollback=dry_run) as u:
             row = u.incident(rec_id)
             if row is None or row.deleted:
                 return
-            reason = "incident no longer exists in Ivanti (deleted or out of reach)"
             change = self._change_row(
                 row,
                 Unit.snapshot_of(row),
@@ -414,6 +546,9 @@ class Poller:
         source: str,
         baseline: bool,
         dry_run: bool,
+        extra_state: Mapping[str, str] | None = None,
+        *,
+        not_baseline: frozenset[str] = frozenset(),
     ) -> list[Snapshot]:
         """Diff one page against the stored snapshots and commit it in one transaction.
 
@@ -438,16 +573,22 @@ class Poller:
             stored = u.incident_states(s.rec_id for s in snaps)
             assigning = u.pending_assignments(stored)
             writes = _PageWrites(self.cfg.policy, now, baseline)
-            for snap in snaps:
-                state = stored.get(snap.rec_id)
+            for served in snaps:
+                state = stored.get(served.rec_id)
                 prev = (
                     None if state is None or state.deleted else snapshot_from_json(state.snapshot)
                 )
+                # While the daemon's own Owner/Status write has not landed, Ivanti serves
+                # the values from before it, which the stored snapshot no longer has:
+                # judge the record as it will be once the write lands, so that only
+                # that difference is taken as the daemon's, and any other field a person
+                # saved (even in the same second) is still a change.
+                snap = _as_if_assigned(served, prev, assigning.get(served.rec_id, ()))
                 if (
                     state is not None
                     and prev is not None
                     and state.last_mod == snap.last_mod
-                    and (prev == snap or snap.rec_id in assigning)
+                    and prev == snap
                 ):
                     processed.append(snap)
                     continue  # seen as it is already (overlap re-read)
@@ -464,11 +605,12 @@ class Poller:
                         stored=iso_utc(state.last_mod),
                         served=iso_utc(snap.last_mod),
                     )
+                row_baseline = baseline and snap.rec_id not in not_baseline
                 verdict = decide(
                     prev,
                     snap,
                     self.cfg.policy,
-                    baseline=baseline,
+                    baseline=row_baseline,
                     page_baseline_critical=self.cfg.baseline_page_critical,
                 )
                 alerting = state.alerting if state is not None else False
@@ -479,7 +621,7 @@ class Poller:
                     and state is not None
                     and (
                         (state.own_write_at is not None and snap.last_mod == state.own_write_at)
-                        or _assignment_landed(assigning.get(snap.rec_id, ()), snap)
+                        or _assignment_landed(assigning.get(snap.rec_id, ()), served)
                     )
                 ):
                     reason = f"the daemon's own write-back (note/Owner/Status): {reason}"
@@ -505,9 +647,13 @@ class Poller:
                         dry_run=dry_run,
                     )
                 result.actions.extend(actions)
-                stored[snap.rec_id] = writes.save_snapshot(snap, state, new_alerting)
+                stored[snap.rec_id] = writes.save_snapshot(
+                    snap, state, new_alerting, baseline=row_baseline
+                )
                 processed.append(snap)
             writes.write(u)
+            for name, value in (extra_state or {}).items():
+                u.set_state(name, value, now)  # in the page's transaction
         return processed
 
     def _reject(
@@ -612,9 +758,11 @@ class Poller:
             cycle.error = str(error)[:2000] if error else None
             if ok and result.watermark_after is not None:
                 cycle.watermark_after = iso_utc(result.watermark_after)
-                u.set_state(WATERMARK, iso_utc(result.watermark_after), now)
+                if result.kind != "reconcile":  # polls run beside it and move the cursor
+                    u.set_state(WATERMARK, iso_utc(result.watermark_after), now)
                 if result.kind == "baseline":
                     u.set_state(BASELINE_DONE, iso_utc(now), now)
+                    u.set_state(BASELINE_PROGRESS, "", now)
                 if result.kind in ("baseline", "reconcile"):
                     u.set_state(LAST_RECONCILE, iso_utc(now), now)
                 u.set_state(f"last_ok_{result.kind}", iso_utc(now), now)
@@ -653,7 +801,12 @@ class _PageWrites:
         self.actions.append((change, values))
 
     def save_snapshot(
-        self, snap: Snapshot, state: IncidentState | None, alerting: bool | None
+        self,
+        snap: Snapshot,
+        state: IncidentState | None,
+        alerting: bool | None,
+        *,
+        baseline: bool | None = None,
     ) -> IncidentState:
         """Stage the incident row as ``Unit.save_snapshot`` would set it (``alerting``
         None leaves it as it is; ``baseline`` only on a first sighting) and return the
@@ -667,7 +820,7 @@ class _PageWrites:
             self.inserts[rec_id] = {
                 "rec_id": rec_id,
                 "first_seen_at": self.now,
-                "baseline": self.baseline,
+                "baseline": self.baseline if baseline is None else baseline,
                 "alerting": bool(alerting),
                 **values,
             }
@@ -705,6 +858,72 @@ def _assignment_landed(pending: Sequence[Mapping[str, Any]], served: Snapshot) -
         and str(a.get("status", "Active")).casefold() == served.status.casefold()
         for a in pending
     )
+
+
+def _numbers(rows: Sequence[Mapping[str, Any]]) -> list[int]:
+    return [
+        n
+        for n in (r.get("IncidentNumber") for r in rows)
+        if isinstance(n, int) and not isinstance(n, bool)
+    ]
+
+
+def _created_since(rows: Sequence[Mapping[str, Any]], start: datetime | None) -> frozenset[str]:
+    """RecIds (upper case) of the rows created in a second after the one the baseline
+    began in (``start``, Ivanti's clock): they are new incidents, not the baseline's.
+    (The second it began in counts as "at first start".)"""
+    if start is None:
+        return frozenset()
+    cutoff = _floor(start) + timedelta(seconds=1)
+    out = set()
+    for row in rows:
+        try:
+            created = parse_ivanti_datetime(row.get("CreatedDateTime"))
+        except ValueError:
+            continue
+        rec = row.get("RecId")
+        if created is not None and created >= cutoff and isinstance(rec, str):
+            out.add(rec.strip().upper())
+    return frozenset(out)
+
+
+def _baseline_progress(raw: str) -> tuple[datetime | None, int | None]:
+    """(when the interrupted baseline started, the last IncidentNumber it committed),
+    or (None, None) when there is none to resume."""
+    if not raw:
+        return None, None
+    try:
+        data = json.loads(raw)
+        return parse_utc(str(data["started"])), int(data["after"])
+    except (ValueError, KeyError, TypeError):
+        log_event(log, logging.WARNING, "unreadable baseline progress; starting it over")
+        return None, None
+
+
+def _as_if_assigned(
+    served: Snapshot, stored: Snapshot | None, pending: Sequence[Mapping[str, Any]]
+) -> Snapshot:
+    """The served record with a pending assignment's Owner/Status applied, when the
+    deliverer has recorded that assignment on the stored snapshot and Ivanti still
+    serves the Owner/Status from before it (the write has not landed yet); otherwise
+    the served record as it is. Only those two fields are taken over, and only while
+    both still hold the values from before the write, so a person's own change of
+    Owner or Status, or of anything else, stays visible."""
+    if stored is None:
+        return served
+    for a in pending:
+        before = a.get("prev")
+        if not isinstance(before, Mapping):
+            continue  # not sent yet: the stored snapshot was not patched either
+        owner, status = str(a.get("owner", "")), str(a.get("status", "Active"))
+        if (
+            stored.owner.casefold() == owner.casefold()
+            and stored.status.casefold() == status.casefold()
+            and served.owner.casefold() == str(before.get("owner", "")).casefold()
+            and served.status.casefold() == str(before.get("status", "")).casefold()
+        ):
+            return served.with_changes(owner=stored.owner, status=stored.status)
+    return served
 
 
 def _recipient_key(recipient: object) -> str | None:

@@ -3,7 +3,9 @@
 The scheduler only wires the pieces. Jobs (poll, deliver, write-back, reconcile)
 run one at a time under one lock, so a poll never reads an Ivanti change while
 the deliverer is half-way through recording it, and each job has one instance,
-coalesced (a late run is not repeated). SIGTERM/SIGINT let the running step
+coalesced (a late run is not repeated). A sweep (the first-start baseline, the
+reconcile) holds that lock one page at a time, so polls and deliveries go on
+between its pages, and each page it commits is a sign of life for the watchdog. SIGTERM/SIGINT let the running step
 finish and commit, then the process exits 0.
 """
 
@@ -26,7 +28,7 @@ from daemon.logs import log_event
 from daemon.metrics import Metrics
 from daemon.notes import DEFAULT_RESPONSE_ACTIONS, parse_response_actions
 from daemon.poller import Poller, PollerConfig, PollResult
-from daemon.store import Store
+from daemon.store import Store, open_dry_run
 from daemon.writeback import WriteBack, WritebackConfig, WritebackResult
 from daemon.xmatters import XMattersClient
 
@@ -97,12 +99,19 @@ class Service:
         self.settings = settings
         self.dry_run = dry_run  # poll and diff only: nothing sent, nothing written
         self.now = now
+        # A dry run never touches the state DB: it reads a private copy (or, for a
+        # database that cannot be copied, reads it with every transaction rolled back).
+        self.dry_run_note = ""
+        if store is None and dry_run:
+            store, self.dry_run_note = open_dry_run(settings.state_db_url)
+            log_event(log, logging.WARNING, "dry run: " + self.dry_run_note)
         self.store = store or Store(settings.state_db_url)
         self.ivanti = ivanti or build_ivanti(settings)
         self.xm = xmatters or build_xmatters(settings)
         self.lock = threading.Lock()
         self.metrics = Metrics(now=now)
         self.last_poll_ok: datetime | None = None
+        self.last_progress: datetime | None = None  # a sweep's last committed page
         self.last_error: dict[str, str] = {}
         xs = settings.xmatters
         assert xs is not None and settings.ivanti is not None
@@ -116,8 +125,11 @@ class Service:
                 page_size=settings.poll.page_size,
                 overlap=timedelta(seconds=settings.poll.overlap),
                 baseline_page_critical=settings.poll.baseline_page_critical,
+                paging=settings.poll.paging,
             ),
             now=now,
+            step_lock=self.lock,
+            on_progress=self._sweep_progress,
         )
         d = settings.delivery
         self.deliverer = Deliverer(
@@ -173,33 +185,35 @@ class Service:
     # ----- jobs --------------------------------------------------------------------------
     def poll_job(self, *, dry_run: bool = False) -> PollResult:
         dry_run = dry_run or self.dry_run
-        with self.lock:
-            t0 = time.monotonic()
-            try:
-                result = self.poller.poll(dry_run=dry_run)
-            except Exception as exc:
-                self.metrics.observe_cycle("poll", time.monotonic() - t0)
-                self._failed("ivanti", "poll", exc)
-                raise
-            if not dry_run:
-                self.metrics.observe_poll(result, time.monotonic() - t0)
-            self.last_poll_ok = self.now()
-            self.last_error.pop("ivanti", None)
-            log_event(log, logging.INFO, f"{result.kind} done", dry_run=dry_run, **result.summary())
-            return result
+        t0 = time.monotonic()
+        try:
+            result = self.poller.poll(dry_run=dry_run)  # takes self.lock itself
+        except Exception as exc:
+            self.metrics.observe_cycle("poll", time.monotonic() - t0)
+            self._failed("ivanti", "poll", exc)
+            raise
+        if not dry_run:
+            self.metrics.observe_poll(result, time.monotonic() - t0)
+        self.last_poll_ok = self.now()
+        self.last_error.pop("ivanti", None)
+        log_event(log, logging.INFO, f"{result.kind} done", dry_run=dry_run, **result.summary())
+        return result
 
     def reconcile_job(self) -> PollResult:
-        with self.lock:
-            t0 = time.monotonic()
-            try:
-                result = self.poller.reconcile()
-            except Exception as exc:
-                self.metrics.observe_cycle("reconcile", time.monotonic() - t0)
-                self._failed("ivanti", "reconcile", exc)
-                raise
+        t0 = time.monotonic()
+        try:
+            result = self.poller.reconcile(dry_run=self.dry_run)  # self.lock page by page
+        except Exception as exc:
+            self.metrics.observe_cycle("reconcile", time.monotonic() - t0)
+            self._failed("ivanti", "reconcile", exc)
+            raise
+        if not self.dry_run:
             self.metrics.observe_poll(result, time.monotonic() - t0)
-            log_event(log, logging.INFO, "reconcile done", **result.summary())
-            return result
+        log_event(log, logging.INFO, "reconcile done", dry_run=self.dry_run, **result.summary())
+        return result
+
+    def _sweep_progress(self) -> None:
+        self.last_progress = self.now()
 
     def deliver_job(self) -> DeliveryResult:
         if self.dry_run:
@@ -304,6 +318,7 @@ class Service:
     def cycle(self, *, dry_run: bool = False) -> CycleReport:
         """One full cycle: poll, deliver, write back, deliver (what `once` runs)."""
         report = CycleReport()
+        dry_run = dry_run or self.dry_run
         try:
             report.poll = self.poll_job(dry_run=dry_run)
             if dry_run:
@@ -376,8 +391,9 @@ class Service:
         stalled_logged = False
         try:
             while not stop.wait(timeout=systemd.watchdog_period(default=5.0)):
-                healthy_since = self.last_poll_ok or started
-                if not ready and self.last_poll_ok is not None and self._xmatters_answers():
+                alive = [t for t in (self.last_poll_ok, self.last_progress) if t is not None]
+                healthy_since = max(alive, default=started)
+                if not ready and alive and self._xmatters_answers():
                     systemd.notify("READY=1\nSTATUS=polling")
                     log_event(log, logging.INFO, "ready: state DB migrated, both APIs answered")
                     ready = True

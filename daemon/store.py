@@ -12,6 +12,10 @@ busy timeout so a reader never makes the daemon fail.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import sqlite3
+import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,6 +35,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.domain import Policy, Snapshot
@@ -60,6 +65,7 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
 
 def make_engine(url: str) -> Engine:
+    _create_owner_only(url)
     engine = create_engine(url, future=True)
     if engine.dialect.name == "sqlite":
 
@@ -852,3 +858,137 @@ class Unit:
             )
             out += [(a, last.get(a.id)) for a in actions]
         return out
+
+
+# ----- the file's permissions ------------------------------------------------------------
+def sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite URL; None for other databases and in-memory ones."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return None
+    database = parsed.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(database)
+
+
+def _create_owner_only(url: str) -> None:
+    """Create a new SQLite state DB as an empty owner-only (0600) file before SQLite
+    opens it: it holds names, phone numbers and comments, and outside systemd's
+    UMask the process umask would leave it world-readable. SQLite gives its -wal and
+    -shm files the same mode."""
+    path = sqlite_file(url)
+    if path is None or path.exists() or not path.parent.is_dir():
+        return
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
+
+
+# ----- dry runs --------------------------------------------------------------------------
+class DryRunUnavailable(RuntimeError):
+    """The state DB cannot be read for a dry run without changing it."""
+
+
+class _ReadOnlyStore(Store):
+    """Every transaction rolls back, whatever its caller asked."""
+
+    @contextmanager
+    def unit(self, *, rollback: bool = False) -> Iterator[Unit]:
+        with super().unit(rollback=True) as u:
+            yield u
+
+
+class _PrivateCopy(Store):
+    """A throw-away SQLite DB in a private directory, migrated, removed on close."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        super().__init__(f"sqlite:///{directory / 'state.db'}")
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _copy_sqlite(path: Path, target: Path) -> None:
+    """Copy a SQLite DB without writing to it: read-only while a writer's -wal/-shm
+    exist; otherwise ``immutable``, so no -shm file is created beside it (one made by
+    another user, e.g. root running the CLI, would lock the daemon out of its DB)."""
+    live = any(Path(f"{path}-{suffix}").exists() for suffix in ("wal", "shm"))
+    uri = path.resolve().as_uri() + ("?mode=ro" if live else "?mode=ro&immutable=1")
+    src = sqlite3.connect(uri, uri=True)
+    try:
+        dst = sqlite3.connect(target)
+        try:
+            src.backup(dst)
+        finally:
+            dst.close()
+    finally:
+        src.close()
+
+
+def open_dry_run(url: str) -> tuple[Store, str]:
+    """A store a dry run may read and write as it likes while the state DB stays as it
+    is: never created, never migrated, never written. A SQLite DB is read through a
+    private copy (migrated if it is at an older revision); none yet means an empty
+    copy, as at a first start. Another database is read in place, every transaction
+    rolled back, and only at the newest revision. Returns the store and a sentence
+    saying which of these it is; raises ``DryRunUnavailable`` when none can be done."""
+    head = head_revision()
+    path = sqlite_file(url)
+    if path is None:
+        store = _ReadOnlyStore(url, migrate=False)
+        try:
+            revision = current_revision(store.engine)
+        except Exception:
+            store.close()
+            raise
+        if revision == head:
+            return store, "reading the state DB in place; every transaction is rolled back"
+        store.close()
+        if revision is not None:
+            raise DryRunUnavailable(
+                f"the state DB is at revision {revision} and this version needs {head}; a "
+                "dry run does not migrate it: run `ivanti-xmatters db upgrade` first"
+            )
+        note = "the state DB has no schema yet: the dry run starts from an empty private copy"
+        return _PrivateCopy(Path(tempfile.mkdtemp(prefix="ixm-dry-run-"))), note
+    directory = Path(tempfile.mkdtemp(prefix="ixm-dry-run-"))  # 0700
+    try:
+        if not path.exists():
+            note = (
+                f"no state DB at {path} yet: the dry run starts from an empty private copy, "
+                "as a first start would (the file is not created)"
+            )
+        else:
+            copy = directory / "state.db"
+            try:
+                _copy_sqlite(path, copy)
+            except sqlite3.Error as exc:
+                raise DryRunUnavailable(
+                    f"cannot read the state DB {path} for a dry run: {exc}"
+                ) from exc
+            engine = make_engine(f"sqlite:///{copy}")
+            try:
+                revision = current_revision(engine)
+            finally:
+                engine.dispose()
+            note = f"reading a private copy of {path}; the file is not changed"
+            if revision != head:
+                note += (
+                    f" (it is at revision {revision or 'none'}; the copy is migrated to "
+                    f"{head}, the file is not)"
+                )
+        try:
+            return _PrivateCopy(directory), note
+        except Exception as exc:
+            raise DryRunUnavailable(
+                f"cannot read the state DB {path} for a dry run: {exc}"
+            ) from exc
+    except BaseException:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise

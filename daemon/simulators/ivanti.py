@@ -16,6 +16,17 @@ and page without scanning and sorting them in Python. Handlers run one at a time
 
 ``quirks=False`` switches off what Ivanti does wrong (see ``QUIRKS``) so a test can tell
 "the daemon copes with the quirk" from "the daemon is correct".
+
+Two open questions of the reference (ivanti-api.md §8) are switches, today's reading
+the default:
+
+* ``subsecond_times=True``: Ivanti stores a save's time with sub-seconds but serves it
+  in whole seconds. Saves are stamped at the clock's instant, each a microsecond after
+  the one before within a frozen second (real saves are sequential), so rows of one
+  served second sort by their hidden sub-second, not by RecId.
+* ``recid_sort="guid"``: ``$orderby`` sorts RecId as SQL Server sorts a
+  ``uniqueidentifier`` (last group first) while ``RecId gt '...'`` compares text, so a
+  RecId keyset taken from a sorted page skips rows.
 """
 
 from __future__ import annotations
@@ -44,6 +55,7 @@ from daemon.simulators.odata import (
     compile_filter,
     compile_orderby,
     from_micros,
+    guid_collation,
     parse_filter,
     parse_orderby,
     to_db,
@@ -447,10 +459,17 @@ class IvantiSimulator(SimServer):
         teams: Sequence[str] | None = None,
         directory: Directory = DEFAULT_DIRECTORY,
         log_requests: bool = False,
+        subsecond_times: bool = False,
+        recid_sort: str = "text",
     ) -> None:
         super().__init__(clock, log_requests=log_requests)
+        if recid_sort not in ("text", "guid"):
+            raise ValueError(f"recid_sort must be 'text' or 'guid', not {recid_sort!r}")
         self.tenant = tenant
         self.quirks = quirks
+        self.subsecond_times = subsecond_times
+        self.recid_sort = recid_sort
+        self._last_stamp: datetime | None = None
         self.tz_name = tz
         self.zone = ZoneInfo(tz)
         self.session_idle_timeout = session_idle_timeout
@@ -475,6 +494,7 @@ class IvantiSimulator(SimServer):
         self._corrupt: dict[str, dict[str, Any]] = {}
         self._next_number = FIRST_INCIDENT_NUMBER
         self._db = sqlite3.connect(":memory:", check_same_thread=False)
+        self._db.create_collation("GUIDORDER", guid_collation)
         self._incidents = _Table(
             self._db,
             "incidents",
@@ -534,14 +554,29 @@ class IvantiSimulator(SimServer):
 
     # ----- time and serving ----------------------------------------------------------
     def _stamp(self, when: datetime | None = None) -> datetime:
-        """Now (or ``when``) as stored: whole seconds with quirks, microseconds without."""
-        when = self.clock.now() if when is None else when
-        return when.replace(microsecond=0) if self.quirks else when
+        """Now (or ``when``) as stored: whole seconds with quirks, microseconds without
+        (and with ``subsecond_times``: each save after the one before, in its second)."""
+        if when is not None:
+            return when if self.subsecond_times or not self.quirks else when.replace(microsecond=0)
+        now = self.clock.now()
+        if not self.subsecond_times:
+            return now.replace(microsecond=0) if self.quirks else now
+        last = self._last_stamp
+        if (
+            last is not None
+            and last >= now
+            and last.replace(microsecond=0) == now.replace(microsecond=0)
+        ):
+            now = min(last + timedelta(microseconds=1), now.replace(microsecond=999_999))
+        self._last_stamp = now
+        return now
 
     def format_datetime(self, when: datetime | None) -> str:
         """Tenant-zone ISO text with the offset in force at that instant (DST varies it)."""
         if when is None:
             return UNSET_DATETIME
+        if self.subsecond_times:
+            when = when.replace(microsecond=0)  # stored with sub-seconds, served without
         local = when.astimezone(self.zone)
         text = local.isoformat(timespec="seconds" if local.microsecond == 0 else "microseconds")
         if self.tz_name.upper() in ("UTC", "ETC/UTC", "Z"):
@@ -693,7 +728,8 @@ class IvantiSimulator(SimServer):
         count = coll.table.count(where, params)
         if count == 0:
             return Response(200, b"", {})  # measured: an empty match is a blank 200
-        order, order_params = compile_orderby(keys)
+        collations = {"RecId": "GUIDORDER"} if self.recid_sort == "guid" else None
+        order, order_params = compile_orderby(keys, collations)
         rows = coll.table.select(where, params, order, order_params, top, skip)
         values = [self._serve(r, coll.table) for r in rows]
         if select is not None:
@@ -1085,8 +1121,12 @@ class IvantiSimulator(SimServer):
                     "Subject": subject,
                     "SocialTextHeader": f"Incident {number}: {subject}",
                 }
+                when = None
                 if spacing:
                     when = self._stamp(end - timedelta(seconds=spacing * (n - 1 - i)))
+                elif self.subsecond_times and i:
+                    when = self._stamp()  # one after the other, inside the served second
+                if when is not None:
                     for name in ("CreatedDateTime", "LastModDateTime"):
                         if name not in fields:
                             variant[name] = when

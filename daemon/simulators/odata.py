@@ -412,6 +412,20 @@ def to_micros(value: datetime) -> int:
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
+def guid_order_key(text: str) -> str:
+    """SQL Server's ``uniqueidentifier`` order of a 32-hex RecId: the last group first
+    (bytes 10-15, then 8-9, 6-7, 4-5, 0-3), not the text order ``gt`` compares in."""
+    t = text.upper()
+    if len(t) != 32:
+        return t
+    return t[20:32] + t[16:20] + t[12:16] + t[8:12] + t[0:8]
+
+
+def guid_collation(a: str, b: str) -> int:
+    ka, kb = guid_order_key(a), guid_order_key(b)
+    return (ka > kb) - (ka < kb)
+
+
 def from_micros(micros: int) -> datetime:
     seconds, rest = divmod(micros, 1_000_000)
     return datetime.fromtimestamp(seconds, UTC).replace(microsecond=rest)
@@ -603,12 +617,18 @@ def parse_orderby(text: str, columns: Mapping[str, Column]) -> list[tuple[Column
     return keys
 
 
-def compile_orderby(keys: Sequence[tuple[Column, bool]]) -> tuple[str, list[Any]]:
+def compile_orderby(
+    keys: Sequence[tuple[Column, bool]], collations: Mapping[str, str] | None = None
+) -> tuple[str, list[Any]]:
+    """``ORDER BY`` body; ``collations`` names a SQLite collation per column, for a
+    tenant that sorts a column in another order than its comparisons use."""
     params: list[Any] = []
     parts = []
     for col, desc in keys:
         ref = value_sql(col, params)
-        if col.sparse and col.type is FieldType.TEXT:
+        if collations and col.name in collations:
+            ref += f" COLLATE {collations[col.name]}"
+        elif col.sparse and col.type is FieldType.TEXT:
             ref += " COLLATE NOCASE"
         parts.append(f"{ref} {'DESC' if desc else 'ASC'}")
     return ", ".join(parts), params

@@ -1,16 +1,24 @@
 """Paging edge cases: ties on LastModDateTime, edits while the daemon pages, an outage
-of hours followed by catch-up, and a first start on a large tenant."""
+of hours followed by catch-up, and a first start on a large tenant.
+
+Every test runs under three readings of what the reference leaves open (ivanti-api.md
+§8): today's simulator (whole seconds, RecIds compared as they sort), a tenant that
+stores sub-seconds but serves whole seconds, and one that sorts RecIds as SQL Server
+sorts a uniqueidentifier while ``RecId gt`` compares text."""
 
 from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Iterator
 from datetime import datetime, timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import select
 
 from daemon.models import Change, Incident
+from daemon.simulators.clock import SimClock
 from daemon.simulators.harness import SimPair
 from daemon.timeutil import parse_utc
 from tests.conftest import MakeService
@@ -29,6 +37,76 @@ NET = "Network Operations"
 DB = "Database Team"
 DESK = "Service Desk"
 
+READINGS: dict[str, dict[str, Any]] = {
+    "whole-seconds": {},
+    "subsecond-stored": {"subsecond_times": True},
+    "recid-guid-sort": {"recid_sort": "guid"},
+}
+
+
+@pytest.fixture(params=list(READINGS))
+def sims(clock: SimClock, request: pytest.FixtureRequest) -> Iterator[SimPair]:
+    with SimPair(clock=clock, ivanti_kwargs=READINGS[request.param]) as pair:
+        yield pair
+
+
+def reading(sims: SimPair) -> str:
+    iv = sims.ivanti
+    return "subsecond" if iv.subsecond_times else "guid" if iv.recid_sort == "guid" else "today"
+
+
+def crowded_second(sims: SimPair, n: int, **fields: Any) -> list[str]:
+    """``n`` incidents saved one after the other in one second, RecIds chosen so that
+    neither the save order nor SQL Server's uniqueidentifier order is the text order
+    ``RecId gt`` compares in: newest first in text order, and in guid order."""
+    recs = []
+    for i in reversed(range(n)):
+        rec = f"{i:02d}{'0' * 18}{99 - i:02d}{'0' * 10}"
+        recs.append(sims.ivanti.create_incident(RecId=rec, **fields)["RecId"])
+    return recs
+
+
+@pytest.mark.parametrize("paging", ["safe", "keyset"])
+def test_a_crowded_second_under_every_reading(
+    sims: SimPair, make_service: MakeService, paging: str
+) -> None:
+    """Eight incidents saved within one second, read three a page. The default paging
+    reads all eight under every reading; the RecId keyset (IXM_PAGING=keyset) loses
+    rows when Ivanti keeps sub-seconds it does not serve, or sorts RecIds in another
+    order than it compares them, which is why it is not the default."""
+    svc = started(make_service, sims, IXM_PAGE_SIZE="3", IXM_PAGING=paging)
+    recs = crowded_second(sims, 8, Priority="3", OwnerTeam=NET)
+    assert len({sims.ivanti.incident(r)["LastModDateTime"] for r in recs}) == 1
+    report = svc.cycle()
+    assert report.ok, report.error
+    if paging == "keyset" and reading(sims) != "today":
+        assert len(change_counts(svc)) < len(recs)  # the staged loss
+        return
+    assert change_counts(svc) == {r: 1 for r in recs}
+    sims.clock.advance(30)
+    again = svc.cycle()
+    assert again.ok and again.poll is not None and again.poll.changes == 0
+    assert change_counts(svc) == {r: 1 for r in recs}
+
+
+def test_crowded_seconds_straddling_pages_under_every_reading(
+    sims: SimPair, make_service: MakeService
+) -> None:
+    """Rows of one second on both sides of a page edge, one second after another,
+    then a critical one: each read once, the critical one paged once."""
+    svc = started(make_service, sims, IXM_PAGE_SIZE="4")
+    recs = []
+    for _ in range(3):
+        recs += [
+            sims.ivanti.create_incident(Priority="4", OwnerTeam=NET)["RecId"] for _ in range(5)
+        ]
+        sims.clock.advance(1)
+    critical = sims.ivanti.create_incident(Priority="1", OwnerTeam=DB)["RecId"]
+    report = svc.cycle()
+    assert report.ok, report.error
+    assert change_counts(svc) == {r: 1 for r in [*recs, critical]}
+    assert trigger_log(sims) == [(critical, "New Incident", "created")]
+
 
 def test_300_changes_sharing_one_lastmoddatetime(sims: SimPair, make_service: MakeService) -> None:
     svc = started(make_service, sims)
@@ -38,9 +116,9 @@ def test_300_changes_sharing_one_lastmoddatetime(sims: SimPair, make_service: Ma
     report = svc.cycle()
     assert report.ok, report.error
     assert change_counts(svc) == {r: 1 for r in recs}
-    # keyset on (second, RecId): three full pages and the empty one that ends it,
-    # exactly the lower bound ceil(300 / 100) + 1
-    assert report.poll is not None and report.poll.requests == 300 // 100 + 1
+    # a first page inside one second, that second drained by IncidentNumber (three
+    # full pages and the empty one that ends it), then the read past it
+    assert report.poll is not None and report.poll.requests == 1 + 4 + 1
     sims.clock.advance(30)
     again = svc.cycle()  # the overlap re-reads them all: no change recorded twice
     assert again.ok and again.poll is not None and again.poll.changes == 0
@@ -73,8 +151,27 @@ def test_tie_straddling_page_edges(sims: SimPair, make_service: MakeService, sco
     assert change_counts(svc) == {r: 1 for r in [*before, *tie, *after, critical]}
     assert trigger_log(sims) == [(critical, "New Incident", "created")]
     assert report.poll is not None
-    if " or " not in scope:
-        assert report.poll.requests == 400 // 100 + 1
+
+
+@pytest.mark.parametrize("scope", ["", "Priority ne '5'"])
+def test_keyset_paging_costs_the_lower_bound(
+    sims: SimPair, make_service: MakeService, scope: str
+) -> None:
+    """IXM_PAGING=keyset, on a tenant that stores whole seconds and compares RecIds as
+    it sorts them: the exact (second, RecId) continuation reads 400 rows in exactly
+    ceil(400 / 100) + 1 requests (the benchmark's lower bound)."""
+    if reading(sims) != "today":
+        pytest.skip("the keyset's assumptions do not hold under this reading")
+    svc = started(make_service, sims, IVANTI_SCOPE_FILTER=scope, IXM_PAGING="keyset")
+    recs = sims.ivanti.bulk_create(50, Priority="4")
+    sims.clock.advance(1)
+    recs += sims.ivanti.bulk_create(300, Priority="4")
+    sims.clock.advance(1)
+    recs += sims.ivanti.bulk_create(50, Priority="4")
+    report = svc.cycle()
+    assert report.ok, report.error
+    assert change_counts(svc) == {r: 1 for r in recs}
+    assert report.poll is not None and report.poll.requests == 400 // 100 + 1
 
 
 def test_edit_in_the_same_second_as_the_read(sims: SimPair, make_service: MakeService) -> None:
@@ -244,3 +341,38 @@ def test_reconcile_sweep_finds_deletions_on_every_page(
     assert sorted(ends) == sorted([recs[0], recs[20]])  # recs[34] was not paging
     # 32 open incidents left: 4 pages of 10 (the last one short), one GET per missing one
     assert report.requests == math.ceil(32 / 10) + 3
+
+
+@pytest.mark.parametrize("paging", ["safe", "keyset"])
+def test_check_tells_whether_keyset_paging_holds(
+    sims: SimPair,
+    tmp_path: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    paging: str,
+) -> None:
+    """`check` probes the tenant on a sample: under either unknown it refutes the RecId
+    keyset (FAIL when IXM_PAGING=keyset is set); under today's reading it says so."""
+    import json
+
+    from daemon.cli import main
+
+    for key, value in sims.daemon_env(tmp_path / "state.db", IXM_PAGING=paging).items():
+        monkeypatch.setenv(key, value)
+    crowded_second(sims, 8, Priority="3", OwnerTeam=NET)
+    sims.clock.advance(1)
+    sims.ivanti.create_incident(Priority="3", OwnerTeam=NET)
+    capsys.readouterr()
+    code = main(["--env-file", "/dev/null", "check", "--quiet", "--json"])
+    checks = {c["name"]: c for c in json.loads(capsys.readouterr().out)["checks"]}
+    result = checks["ivanti paging"]
+    if reading(sims) == "today":
+        assert result["status"] == "OK" and "stores whole seconds" in result["message"]
+    elif paging == "keyset":
+        assert code == 1 and result["status"] == "FAIL"
+        assert "IXM_PAGING=keyset loses rows" in result["message"]
+    else:
+        assert result["status"] == "OK" and "as this tenant needs" in result["message"]
+    expected = {"subsecond": "sub-seconds", "guid": "sorts RecIds"}.get(reading(sims))
+    if expected:
+        assert expected in result["message"]

@@ -570,6 +570,42 @@ def test_precision_quirk_whole_seconds(sim: IvantiSimulator, plain: IvantiSimula
     assert numbers(sim, "LastModDateTime gt 2026-11-27T10:15:30.5Z") == set()
 
 
+def test_subsecond_times_stored_but_served_in_whole_seconds(make_sim: SimFactory) -> None:
+    """Open question (ivanti-api.md §8.5) as a switch: saves keep their sub-second,
+    each after the one before in a frozen second, and are served without it."""
+    sim = make_sim(subsecond_times=True)
+    sim.clock.advance(0.75)
+    first = sim.create_incident()
+    second = sim.create_incident()
+    assert first["LastModDateTime"] == second["LastModDateTime"] == "2026-11-27T02:15:30-08:00"
+    both = {first["IncidentNumber"], second["IncidentNumber"]}
+    assert numbers(sim, "LastModDateTime gt 2026-11-27T10:15:30.5Z") == both
+    assert numbers(sim, "LastModDateTime eq 2026-11-27T10:15:30Z") == set()  # not .000
+    assert numbers(sim, "LastModDateTime ge 2026-11-27T10:15:30Z") == both
+    # sorted by the hidden sub-second (save order), whatever the RecIds
+    ordered = rows(sim, orderby="LastModDateTime desc,RecId asc")
+    assert [r["IncidentNumber"] for r in ordered] == [
+        second["IncidentNumber"],
+        first["IncidentNumber"],
+    ]
+
+
+def test_recid_guid_sort_differs_from_the_comparison(make_sim: SimFactory) -> None:
+    """Open question as a switch: $orderby sorts RecId in SQL Server's uniqueidentifier
+    order (last group first) while ``RecId gt`` compares text."""
+    sim = make_sim(recid_sort="guid")
+    low = "01" + "0" * 18 + "99" + "0" * 10  # first in text order, last in guid order
+    high = "99" + "0" * 18 + "01" + "0" * 10
+    sim.create_incident(RecId=low)
+    sim.create_incident(RecId=high)
+    assert [r["RecId"] for r in rows(sim, orderby="RecId asc")] == [high, low]
+    assert [r["RecId"] for r in rows(sim, filter=f"RecId gt '{low}'")] == [high]
+    default = make_sim()
+    default.create_incident(RecId=low)
+    default.create_incident(RecId=high)
+    assert [r["RecId"] for r in rows(default, orderby="RecId asc")] == [low, high]
+
+
 def test_served_offset_follows_dst(make_sim: SimFactory) -> None:
     sim = make_sim(clock=SimClock(datetime(2026, 7, 1, 12, 0, tzinfo=UTC)))
     inc = sim.create_incident()
