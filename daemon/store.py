@@ -27,6 +27,7 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    make_url,
     select,
     update,
 )
@@ -56,7 +57,22 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
 
 def make_engine(url: str) -> Engine:
-    engine = create_engine(url, future=True)
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        # psycopg 3 (the "postgres" extra), not SQLAlchemy's default psycopg2
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    if parsed.get_backend_name() == "postgresql":
+        try:
+            import psycopg  # noqa: F401
+        except ImportError:
+            raise RuntimeError(
+                "IXM_STATE_DB is a PostgreSQL URL but the driver is missing: "
+                "pip install 'ivanti-xmatters[postgres]'"
+            ) from None
+        # pre_ping: a connection the server dropped (restart, failover) is replaced
+        # before use instead of failing the unit that picked it from the pool
+        return create_engine(parsed, future=True, pool_pre_ping=True)
+    engine = create_engine(parsed, future=True)
     if engine.dialect.name == "sqlite":
 
         @event.listens_for(engine, "connect")

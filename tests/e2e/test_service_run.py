@@ -70,8 +70,8 @@ def systemd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeSys
     fake.close()
 
 
-def _service(sims: SimPair, tmp_path: Path, **env: str) -> Service:
-    settings_env = sims.daemon_env(tmp_path / "state.db")
+def _service(sims: SimPair, state_db_url: str, **env: str) -> Service:
+    settings_env = sims.daemon_env(state_db_url)
     settings_env.update(
         {"IXM_POLL_INTERVAL": "1", "IXM_DELIVERY_INTERVAL": "0.1", "XMATTERS_RATE_LIMIT": "100"}
     )
@@ -87,9 +87,9 @@ def _start(svc: Service) -> tuple[threading.Event, threading.Thread]:
 
 
 def test_ready_after_first_poll_then_pages_and_stops_cleanly(
-    sims: SimPair, tmp_path: Path, systemd: FakeSystemd
+    sims: SimPair, state_db_url: str, systemd: FakeSystemd
 ) -> None:
-    svc = _service(sims, tmp_path)
+    svc = _service(sims, state_db_url)
     stop, thread = _start(svc)
     try:
         systemd.wait_for(lambda m: any(x.startswith("READY=1") for x in m))
@@ -111,9 +111,9 @@ def test_ready_after_first_poll_then_pages_and_stops_cleanly(
 
 
 def test_dead_man_stops_feeding_the_watchdog(
-    sims: SimPair, tmp_path: Path, systemd: FakeSystemd, capsys: pytest.CaptureFixture[str]
+    sims: SimPair, state_db_url: str, systemd: FakeSystemd, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    svc = _service(sims, tmp_path, IXM_DEADMAN="2")
+    svc = _service(sims, state_db_url, IXM_DEADMAN="2")
     stop, thread = _start(svc)
     try:
         systemd.wait_for(lambda m: any(x.startswith("READY=1") for x in m))
