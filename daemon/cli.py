@@ -141,9 +141,20 @@ def _dispatch(args: argparse.Namespace) -> int:
     if cmd in ("run", "once"):
         settings = load(args)
         setup_logging(settings.ops.log_level)
-        if cmd == "run":
-            return _run(settings, dry_run=args.dry_run)
-        return _once(settings, dry_run=args.dry_run, as_json=args.json)
+        from daemon.lease import EX_TEMPFAIL, AlreadyRunning, hold_instance
+
+        try:  # one daemon per SQLite state DB; `once --dry-run` writes nothing, needs no lock
+            lock = None if cmd == "once" and args.dry_run else hold_instance(settings.state_db_url)
+        except AlreadyRunning as exc:
+            print(f"refused: {exc}", file=sys.stderr)
+            return EX_TEMPFAIL
+        try:
+            if cmd == "run":
+                return _run(settings, dry_run=args.dry_run)
+            return _once(settings, dry_run=args.dry_run, as_json=args.json)
+        finally:
+            if lock is not None:
+                lock.release()
     return ops.dispatch(args)
 
 

@@ -54,6 +54,7 @@ _CHANGES = cast(Table, Change.__table__)
 _OUTBOX = cast(Table, OutboxAction.__table__)
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+_BEGIN_OPTION = "ixm_sqlite_begin"
 
 
 def make_engine(url: str) -> Engine:
@@ -77,12 +78,23 @@ def make_engine(url: str) -> Engine:
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            # the driver's own implicit BEGIN (deferred, at the first write) off: the
+            # "begin" hook below says which kind each transaction takes
+            dbapi_conn.isolation_level = None
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA busy_timeout=10000")
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=FULL")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(conn: Any) -> None:
+            # a write unit takes the write lock at its start (IMMEDIATE): what it reads
+            # stays true until it commits, and it never fails half-way with "database
+            # is locked" because another writer committed after its first read
+            mode = conn.get_execution_options().get(_BEGIN_OPTION, "DEFERRED")
+            conn.exec_driver_sql(f"BEGIN {mode}")
 
     return engine
 
@@ -129,9 +141,15 @@ class Store:
 
     @contextmanager
     def unit(self, *, rollback: bool = False) -> Iterator[Unit]:
-        """One transaction. ``rollback=True`` (dry runs) discards everything at the end."""
+        """One transaction. ``rollback=True`` (dry runs, reads) discards everything at the end.
+
+        A unit that may commit takes the write lock at its start (SQLite: BEGIN
+        IMMEDIATE), so everything it reads is one consistent state; a rollback unit
+        reads without blocking the daemon's writers."""
         with self._sessions() as session:
             tx = session.begin()
+            if not rollback and self.engine.dialect.name == "sqlite":
+                session.connection(execution_options={_BEGIN_OPTION: "IMMEDIATE"})
             try:
                 yield Unit(session)
             except BaseException:

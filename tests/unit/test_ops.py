@@ -178,7 +178,7 @@ def test_status_shows_health(story: Story, capsys: pytest.CaptureFixture[str]) -
     assert data["last_ok_poll"] == ops.iso(last_poll)
     assert data["last_ok_poll_age_s"] == 30 and data["stale"] is False
     assert data["watermark"] is not None and data["lag_s"] > 0
-    assert data["schema"]["revision"] == "0002" and data["schema"]["up_to_date"]
+    assert data["schema"]["revision"] == head_revision() and data["schema"]["up_to_date"]
     assert [c["kind"] for c in data["cycles"]] == ["poll"] * 3
     assert data["cycles"][0]["transitions"] == 1 and data["cycles"][0]["ok"] is True
     assert data["outbox"]["dead"] == 1 and data["outbox"]["pending"] == 1
