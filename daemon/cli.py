@@ -182,10 +182,19 @@ def _db(args: argparse.Namespace) -> int:
 
 
 def _once(settings: Settings, *, dry_run: bool, as_json: bool) -> int:
+    from daemon.lease import EX_TEMPFAIL
     from daemon.service import Service
 
     service = Service(settings)
     try:
+        lead = service.leadership
+        if lead is not None and not dry_run and not service.lead_step(activate=True):
+            print(
+                f"refused: another replica leads this state DB ({lead.leader_text()}); "
+                "`once` runs only while no replica holds the lease",
+                file=sys.stderr,
+            )
+            return EX_TEMPFAIL
         report = service.cycle(dry_run=dry_run)
     finally:
         service.close()

@@ -22,11 +22,12 @@ from daemon import systemd
 from daemon.config import Settings
 from daemon.deliverer import Deliverer, DeliveryConfig, DeliveryResult
 from daemon.ivanti import IvantiClient
+from daemon.lease import FencedTransport, Leadership, is_postgres
 from daemon.logs import log_event
 from daemon.metrics import Metrics
 from daemon.notes import DEFAULT_RESPONSE_ACTIONS, parse_response_actions
 from daemon.poller import Poller, PollerConfig, PollResult
-from daemon.store import Store
+from daemon.store import LeaseLost, Store
 from daemon.writeback import WriteBack, WritebackConfig, WritebackResult
 from daemon.xmatters import XMattersClient
 
@@ -95,8 +96,15 @@ class Service:
         self.dry_run = dry_run  # poll and diff only: nothing sent, nothing written
         self.now = now
         self.store = store or Store(settings.state_db_url)
-        self.ivanti = ivanti or build_ivanti(settings)
-        self.xm = xmatters or build_xmatters(settings)
+        # PostgreSQL: replicas compete for a leader lease (active in run() and `once`);
+        # no request goes out while this replica does not lead
+        self.leadership: Leadership | None = None
+        http: dict[str, Any] = {}
+        if is_postgres(settings.state_db_url) and not dry_run:
+            self.leadership = Leadership(self.store, settings.ops.lease_ttl)
+            http = {"transport": FencedTransport(self.leadership)}
+        self.ivanti = ivanti or build_ivanti(settings, **http)
+        self.xm = xmatters or build_xmatters(settings, **http)
         self.lock = threading.Lock()
         self.metrics = Metrics(now=now)
         self.last_poll_ok: datetime | None = None
@@ -314,7 +322,17 @@ class Service:
             )
         if s.ops.metrics_port is not None:
             self.metrics.serve(s.ops.metrics_addr, s.ops.metrics_port)
+        lead = self.leadership
+        lease_thread: threading.Thread | None = None
+        lease_stop = threading.Event()  # set only once the last step has finished
+        if lead is not None:
+            self.lead_step(activate=True)
+            lease_thread = threading.Thread(
+                target=self._lease_loop, args=(lease_stop, scheduler), name="lease", daemon=True
+            )
         scheduler.start()
+        if lease_thread is not None:
+            lease_thread.start()
         log_event(
             log,
             logging.INFO,
@@ -327,8 +345,23 @@ class Service:
         deadman = timedelta(seconds=s.ops.deadman)
         started = self.now()
         stalled_logged = False
+        standby_status = ""
         try:
             while not stop.wait(timeout=systemd.watchdog_period(default=5.0)):
+                if lead is not None and not lead.is_leader():
+                    # a standby is healthy while it hears from the DB; as leader its
+                    # dead-man counts from when it took over
+                    text = f"standby, leader is {lead.leader_text()}"
+                    if text != standby_status:
+                        systemd.notify(f"READY=1\nSTATUS={text}")
+                        standby_status = text
+                    if lead.last_contact is not None and (
+                        time.monotonic() - lead.last_contact <= s.ops.deadman
+                    ):
+                        systemd.notify("WATCHDOG=1")
+                    ready, started, self.last_poll_ok = False, self.now(), None
+                    continue
+                standby_status = ""
                 healthy_since = self.last_poll_ok or started
                 if not ready and self.last_poll_ok is not None and self._xmatters_answers():
                     systemd.notify("READY=1\nSTATUS=polling")
@@ -352,6 +385,12 @@ class Service:
             systemd.notify("STOPPING=1")
             log_event(log, logging.INFO, "stopping: finishing the current step")
             scheduler.shutdown(wait=True)
+            lease_stop.set()
+            if lease_thread is not None:
+                lease_thread.join(timeout=30)
+            if lead is not None:
+                lead.release()  # a clean stop hands over at the standby's next try
+                lead.active, self.store.fence = False, None
             log_event(log, logging.INFO, "stopped")
 
     def _xmatters_answers(self) -> bool:
@@ -368,11 +407,43 @@ class Service:
             return False
         return True
 
-    @staticmethod
-    def _safe(job: Callable[..., Any]) -> Callable[[], None]:
+    # ----- the leader lease (PostgreSQL) --------------------------------------------------
+    def lead_step(self, *, activate: bool = False) -> bool:
+        """Renew or take the lease once (``activate``: from now on units are fenced)."""
+        lead = self.leadership
+        if lead is None:
+            return True
+        if activate:
+            lead.active = True
+            self.store.fence = lead
+        before = lead.changes
+        leading = lead.step()
+        self.metrics.leader.set(1 if leading else 0)
+        if lead.changes != before:
+            self.metrics.lease_changes.inc(lead.changes - before)
+        return leading
+
+    def _lease_loop(self, stop: threading.Event, scheduler: Any) -> None:
+        lead = self.leadership
+        assert lead is not None
+        while not stop.wait(timeout=lead.ttl / 3):
+            was = lead.is_leader()
+            if self.lead_step() and not was:
+                # the new leader's first cycle now: it picks up where the last commit left off
+                for job_id in ("poll", "deliver"):
+                    try:
+                        scheduler.modify_job(job_id, next_run_time=datetime.now(UTC))
+                    except Exception:
+                        pass
+
+    def _safe(self, job: Callable[..., Any]) -> Callable[[], None]:
         def run() -> None:
+            if self.leadership is not None and not self.leadership.is_leader():
+                return  # a standby does no work
             try:
                 job()
+            except LeaseLost as exc:  # the lease ran out under this replica
+                log_event(log, logging.WARNING, "fenced: nothing committed", error=str(exc))
             except Exception:  # already logged by the job; keep the scheduler alive
                 pass
 
@@ -380,6 +451,8 @@ class Service:
         return run
 
     def close(self) -> None:
+        if self.leadership is not None:
+            self.leadership.release()
         self.metrics.close()
         try:
             self.ivanti.close()

@@ -50,6 +50,18 @@ def state_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'state.db'}"
         return
+    yield from _fresh_pg_database()
+
+
+@pytest.fixture
+def pg_state_db_url() -> Iterator[str]:
+    """A fresh PostgreSQL state DB, for what only PostgreSQL does (replicas, the lease)."""
+    if not PG_ADMIN_URL:
+        pytest.skip("needs PostgreSQL: ./dev test --postgres")
+    yield from _fresh_pg_database()
+
+
+def _fresh_pg_database() -> Iterator[str]:
     name = f"ixm_test_{uuid.uuid4().hex[:16]}"
     admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT", poolclass=NullPool)
     with admin.connect() as conn:

@@ -150,3 +150,33 @@ def test_notify_never_blocks_on_a_socket_nobody_reads(
         sock.close()
     assert sent[0] is True
     assert sent[-1] is False  # queue full: dropped, not blocked
+
+
+def test_a_standby_is_ready_and_names_the_leader(
+    sims: SimPair, pg_state_db_url: str, systemd: FakeSystemd
+) -> None:
+    """PostgreSQL: two replicas; the second tells systemd it is a standby, and who leads."""
+    leader = _service(sims, pg_state_db_url)
+    stop_a, thread_a = _start(leader)
+    try:
+        systemd.wait_for(lambda m: any(x == "READY=1\nSTATUS=polling" for x in m))
+        standby = _service(sims, pg_state_db_url)
+        stop_b, thread_b = _start(standby)
+        try:
+            assert leader.leadership is not None
+            holder = leader.leadership.holder
+            systemd.wait_for(
+                lambda m: any(
+                    x.startswith(f"READY=1\nSTATUS=standby, leader is {holder}") for x in m
+                )
+            )
+            assert leader.metrics.leader._value.get() == 1
+            assert standby.metrics.leader._value.get() == 0
+        finally:
+            stop_b.set()
+            thread_b.join(timeout=20)
+            standby.close()
+    finally:
+        stop_a.set()
+        thread_a.join(timeout=20)
+        leader.close()
