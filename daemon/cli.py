@@ -141,9 +141,20 @@ def _dispatch(args: argparse.Namespace) -> int:
     if cmd in ("run", "once"):
         settings = load(args)
         setup_logging(settings.ops.log_level)
-        if cmd == "run":
-            return _run(settings, dry_run=args.dry_run)
-        return _once(settings, dry_run=args.dry_run, as_json=args.json)
+        from daemon.lease import EX_TEMPFAIL, AlreadyRunning, hold_instance
+
+        try:  # one daemon per SQLite state DB; `once --dry-run` writes nothing, needs no lock
+            lock = None if cmd == "once" and args.dry_run else hold_instance(settings.state_db_url)
+        except AlreadyRunning as exc:
+            print(f"refused: {exc}", file=sys.stderr)
+            return EX_TEMPFAIL
+        try:
+            if cmd == "run":
+                return _run(settings, dry_run=args.dry_run)
+            return _once(settings, dry_run=args.dry_run, as_json=args.json)
+        finally:
+            if lock is not None:
+                lock.release()
     return ops.dispatch(args)
 
 
@@ -171,6 +182,7 @@ def _db(args: argparse.Namespace) -> int:
 
 
 def _once(settings: Settings, *, dry_run: bool, as_json: bool) -> int:
+    from daemon.lease import EX_TEMPFAIL
     from daemon.service import Service
     from daemon.store import DryRunUnavailable
 
@@ -180,6 +192,14 @@ def _once(settings: Settings, *, dry_run: bool, as_json: bool) -> int:
         print(f"dry run not possible: {exc}", file=sys.stderr)
         return 1
     try:
+        lead = service.leadership
+        if lead is not None and not dry_run and not service.lead_step(activate=True):
+            print(
+                f"refused: another replica leads this state DB ({lead.leader_text()}); "
+                "`once` runs only while no replica holds the lease",
+                file=sys.stderr,
+            )
+            return EX_TEMPFAIL
         report = service.cycle(dry_run=dry_run)
     finally:
         service.close()

@@ -189,6 +189,8 @@ class OpsSettings:
     metrics_port: int | None = None
     metrics_addr: str = "127.0.0.1"
     deadman: float = 600.0
+    # PostgreSQL: how long the leader's lease lasts unrenewed (renewed every third of it)
+    lease_ttl: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,6 +330,7 @@ class Settings:
             ("IXM_METRICS_PORT", "(disabled)" if op.metrics_port is None else str(op.metrics_port)),
             ("IXM_METRICS_ADDR", op.metrics_addr),
             ("IXM_DEADMAN", _show(op.deadman)),
+            ("IXM_LEASE_TTL", _show(op.lease_ttl)),
         ]
 
 
@@ -1066,6 +1069,7 @@ def _load_ops(env: _Env, poll_interval: float) -> OpsSettings:
         metrics_port=port,
         metrics_addr=_metrics_addr(env),
         deadman=deadman,
+        lease_ttl=env.seconds("IXM_LEASE_TTL", poll_interval, lo=1.0, hi=3600.0),
     )
 
 

@@ -127,6 +127,16 @@ class Metrics:
             "Unix time of the last successful poll (baseline and reconcile count)",
             registry=r,
         )
+        self.leader = Gauge(
+            "ixm_leader",
+            "1 on the replica holding the leader lease (PostgreSQL), 0 on a standby",
+            registry=r,
+        )
+        self.lease_changes = Counter(
+            "ixm_lease_changes_total",
+            "Leader lease acquisitions and losses by this replica",
+            registry=r,
+        )
 
     # ----- recording ---------------------------------------------------------------------
     def observe_writeback_lag(self, lag_s: float, rate: float | None = None) -> None:

@@ -233,3 +233,16 @@ class Rejected(Base):
     rec_id: Mapped[str | None] = mapped_column(String(64))
     problem: Mapped[str] = mapped_column(Text)
     raw: Mapped[str] = mapped_column(Text)
+
+
+class Lease(Base):
+    """A lease replicas compete for (``leader``): who holds it, until when, and the
+    fencing token, one more at every acquisition. Times are the DB server's clock."""
+
+    __tablename__ = "leases"
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(200))  # "host pid <random>"
+    token: Mapped[int] = mapped_column(Integer)
+    acquired_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    renewed_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -1518,6 +1518,27 @@ def _write(args: argparse.Namespace, work: Callable[[Unit], int]) -> int:
         store.close()
 
 
+def _leader(store: Store, settings: Settings) -> dict[str, Any] | None:
+    """PostgreSQL replicas: who holds the leader lease, its token and expiry."""
+    from daemon.lease import is_postgres
+
+    if not is_postgres(settings.state_db_url):
+        return None
+    try:
+        lease = store.read_lease()
+    except Exception:  # a schema from before the lease
+        return None
+    if lease is None:
+        return None
+    return {
+        "holder": lease.holder,
+        "token": lease.token,
+        "acquired_at": iso(lease.acquired_at),
+        "expires_at": iso(lease.expires_at),
+        "live": lease.expires_at > lease.now,
+    }
+
+
 def _cmd_status(args: argparse.Namespace) -> int:
     def work(store: Store, u: Unit, settings: Settings) -> int:
         now = utcnow()
@@ -1531,10 +1552,18 @@ def _cmd_status(args: argparse.Namespace) -> int:
         data = gather_status(
             u, now=now, cycles=args.cycles, deadman=settings.ops.deadman, schema=schema
         )
+        data["leader"] = _leader(store, settings)
         if args.json:
             _dump(data)
         else:
             print(render_status(data, now))
+            if data["leader"]:
+                d = data["leader"]
+                state = "live" if d["live"] else "EXPIRED: no replica leads"
+                print(
+                    f"leader: {d['holder']}, token {d['token']}, "
+                    f"lease until {d['expires_at']} ({state})"
+                )
         return 0
 
     return _read(args, work)

@@ -24,11 +24,12 @@ from daemon import systemd
 from daemon.config import Settings
 from daemon.deliverer import Deliverer, DeliveryConfig, DeliveryResult
 from daemon.ivanti import IvantiClient
+from daemon.lease import FencedTransport, Leadership, is_postgres
 from daemon.logs import log_event
 from daemon.metrics import Metrics
 from daemon.notes import DEFAULT_RESPONSE_ACTIONS, parse_response_actions
 from daemon.poller import Poller, PollerConfig, PollResult
-from daemon.store import Store, open_dry_run
+from daemon.store import LeaseLost, Store, open_dry_run
 from daemon.writeback import WriteBack, WritebackConfig, WritebackResult
 from daemon.xmatters import XMattersClient
 
@@ -106,12 +107,20 @@ class Service:
             store, self.dry_run_note = open_dry_run(settings.state_db_url)
             log_event(log, logging.WARNING, "dry run: " + self.dry_run_note)
         self.store = store or Store(settings.state_db_url)
-        self.ivanti = ivanti or build_ivanti(settings)
-        self.xm = xmatters or build_xmatters(settings)
+        # PostgreSQL: replicas compete for a leader lease (active in run() and `once`);
+        # no request goes out while this replica does not lead
+        self.leadership: Leadership | None = None
+        http: dict[str, Any] = {}
+        if is_postgres(settings.state_db_url) and not dry_run:
+            self.leadership = Leadership(self.store, settings.ops.lease_ttl)
+            http = {"transport": FencedTransport(self.leadership)}
+        self.ivanti = ivanti or build_ivanti(settings, **http)
+        self.xm = xmatters or build_xmatters(settings, **http)
         self.lock = threading.Lock()
         self.metrics = Metrics(now=now)
         self.last_poll_ok: datetime | None = None
         self.last_progress: datetime | None = None  # a sweep's last committed page
+        self._wb_behind = False  # the write-back lag is over WRITEBACK_LAG_WARN_S
         self.last_error: dict[str, str] = {}
         xs = settings.xmatters
         assert xs is not None and settings.ivanti is not None
@@ -253,22 +262,22 @@ class Service:
         notes hands them to the deliverer at once, so an answer shows in Ivanti as soon
         as it is read. When reading falls behind (``lag``), a WARNING says so."""
         period = self.settings.writeback.interval
-        behind = False
+        one_pass = self._safe(self._writeback_pass)  # a standby reads nothing
         while not stop.is_set():
             t0 = time.monotonic()
-            try:
-                result = self.writeback_job()
-                if result is not None and result.notes:
-                    self.deliver_job()
-                behind = self._watch_writeback_lag(behind)
-            except Exception:  # logged by the job; the loop goes on
-                pass
+            one_pass()
             stop.wait(max(0.0, period - (time.monotonic() - t0)))
+
+    def _writeback_pass(self) -> None:
+        result = self.writeback_job()
+        if result is not None and result.notes:
+            self.deliver_job()
+        self._wb_behind = self._watch_writeback_lag(self._wb_behind)
 
     def _watch_writeback_lag(self, behind: bool) -> bool:
         """Publish how long the least recently read live event has gone unread; WARN
         once when it passes WRITEBACK_LAG_WARN_S, INFO when it is back under."""
-        with self.store.unit() as u:
+        with self.store.unit(rollback=True) as u:  # a read: no write lock
             lag = u.writeback_lag(self.now())
         self.metrics.observe_writeback_lag(lag, self.xm.limiter.rate)
         if lag > WRITEBACK_LAG_WARN_S and not behind:
@@ -374,7 +383,17 @@ class Service:
             )
         if s.ops.metrics_port is not None:
             self.metrics.serve(s.ops.metrics_addr, s.ops.metrics_port)
+        lead = self.leadership
+        lease_thread: threading.Thread | None = None
+        lease_stop = threading.Event()  # set only once the last step has finished
+        if lead is not None:
+            self.lead_step(activate=True)
+            lease_thread = threading.Thread(
+                target=self._lease_loop, args=(lease_stop, scheduler), name="lease", daemon=True
+            )
         scheduler.start()
+        if lease_thread is not None:
+            lease_thread.start()
         if writeback is not None:
             writeback.start()
         log_event(
@@ -389,8 +408,23 @@ class Service:
         deadman = timedelta(seconds=s.ops.deadman)
         started = self.now()
         stalled_logged = False
+        standby_status = ""
         try:
             while not stop.wait(timeout=systemd.watchdog_period(default=5.0)):
+                if lead is not None and not lead.is_leader():
+                    # a standby is healthy while it hears from the DB; as leader its
+                    # dead-man counts from when it took over
+                    text = f"standby, leader is {lead.leader_text()}"
+                    if text != standby_status:
+                        systemd.notify(f"READY=1\nSTATUS={text}")
+                        standby_status = text
+                    if lead.last_contact is not None and (
+                        time.monotonic() - lead.last_contact <= s.ops.deadman
+                    ):
+                        systemd.notify("WATCHDOG=1")
+                    ready, started, self.last_poll_ok = False, self.now(), None
+                    continue
+                standby_status = ""
                 alive = [t for t in (self.last_poll_ok, self.last_progress) if t is not None]
                 healthy_since = max(alive, default=started)
                 if not ready and alive and self._xmatters_answers():
@@ -417,6 +451,12 @@ class Service:
             scheduler.shutdown(wait=True)
             if writeback is not None:
                 writeback.join(timeout=120.0)  # a pass in flight finishes its requests
+            lease_stop.set()
+            if lease_thread is not None:
+                lease_thread.join(timeout=30)
+            if lead is not None:
+                lead.release()  # a clean stop hands over at the standby's next try
+                lead.active, self.store.fence = False, None
             log_event(log, logging.INFO, "stopped")
 
     def _xmatters_answers(self) -> bool:
@@ -433,11 +473,43 @@ class Service:
             return False
         return True
 
-    @staticmethod
-    def _safe(job: Callable[..., Any]) -> Callable[[], None]:
+    # ----- the leader lease (PostgreSQL) --------------------------------------------------
+    def lead_step(self, *, activate: bool = False) -> bool:
+        """Renew or take the lease once (``activate``: from now on units are fenced)."""
+        lead = self.leadership
+        if lead is None:
+            return True
+        if activate:
+            lead.active = True
+            self.store.fence = lead
+        before = lead.changes
+        leading = lead.step()
+        self.metrics.leader.set(1 if leading else 0)
+        if lead.changes != before:
+            self.metrics.lease_changes.inc(lead.changes - before)
+        return leading
+
+    def _lease_loop(self, stop: threading.Event, scheduler: Any) -> None:
+        lead = self.leadership
+        assert lead is not None
+        while not stop.wait(timeout=lead.ttl / 3):
+            was = lead.is_leader()
+            if self.lead_step() and not was:
+                # the new leader's first cycle now: it picks up where the last commit left off
+                for job_id in ("poll", "deliver"):
+                    try:
+                        scheduler.modify_job(job_id, next_run_time=datetime.now(UTC))
+                    except Exception:
+                        pass
+
+    def _safe(self, job: Callable[..., Any]) -> Callable[[], None]:
         def run() -> None:
+            if self.leadership is not None and not self.leadership.is_leader():
+                return  # a standby does no work
             try:
                 job()
+            except LeaseLost as exc:  # the lease ran out under this replica
+                log_event(log, logging.WARNING, "fenced: nothing committed", error=str(exc))
             except Exception:  # already logged by the job; keep the scheduler alive
                 pass
 
@@ -445,6 +517,8 @@ class Service:
         return run
 
     def close(self) -> None:
+        if self.leadership is not None:
+            self.leadership.release()
         self.metrics.close()
         try:
             self.ivanti.close()

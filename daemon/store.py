@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from sqlalchemy import (
     Engine,
@@ -32,10 +32,10 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    make_url,
     select,
     update,
 )
-from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.domain import Policy, Snapshot
@@ -45,6 +45,7 @@ from daemon.models import (
     Change,
     Cycle,
     Incident,
+    Lease,
     OutboxAction,
     PollState,
     Rejected,
@@ -57,26 +58,85 @@ from daemon.snapshot import snapshot_from_json, snapshot_to_json
 _INCIDENTS = cast(Table, Incident.__table__)
 _CHANGES = cast(Table, Change.__table__)
 _OUTBOX = cast(Table, OutboxAction.__table__)
+_LEASES = cast(Table, Lease.__table__)
+LEADER = "leader"
+
+
+class LeaseLost(RuntimeError):
+    """This replica does not hold the leader lease (any more): it must commit nothing."""
+
+
+class Fence(Protocol):
+    """Who this process is and the fencing token it believes it holds (None: none)."""
+
+    holder: str
+    token: int | None
+
+
+@dataclass(frozen=True)
+class LeaseState:
+    holder: str
+    token: int
+    acquired_at: datetime
+    renewed_at: datetime
+    expires_at: datetime
+    now: datetime  # the DB server's clock when this was read
+
 
 # The delivery lane of an action: xMatters (pages, terminations) or Ivanti (notes).
 _LANE = case((OutboxAction.kind == "note", "ivanti"), else_="xmatters")
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+_BEGIN_OPTION = "ixm_sqlite_begin"
 
 
 def make_engine(url: str) -> Engine:
     _create_owner_only(url)
-    engine = create_engine(url, future=True)
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        # psycopg 3 (the "postgres" extra), not SQLAlchemy's default psycopg2
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    if parsed.get_backend_name() == "postgresql":
+        try:
+            import psycopg  # noqa: F401
+        except ImportError:
+            raise RuntimeError(
+                "IXM_STATE_DB is a PostgreSQL URL but the driver is missing: "
+                "pip install 'ivanti-xmatters[postgres]'"
+            ) from None
+        # pre_ping: a connection the server dropped (restart, failover) is replaced
+        # before use instead of failing the unit that picked it from the pool.
+        # idle_in_transaction_session_timeout: a replica frozen inside a transaction
+        # (SIGSTOP, a hung VM) would hold the lease row's lock for ever; the server ends
+        # its session after 5 s (a unit never waits on anything but the DB inside it).
+        return create_engine(
+            parsed,
+            future=True,
+            pool_pre_ping=True,
+            connect_args={"options": "-c idle_in_transaction_session_timeout=5000"},
+        )
+    engine = create_engine(parsed, future=True)
     if engine.dialect.name == "sqlite":
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            # the driver's own implicit BEGIN (deferred, at the first write) off: the
+            # "begin" hook below says which kind each transaction takes
+            dbapi_conn.isolation_level = None
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA busy_timeout=10000")
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=FULL")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(conn: Any) -> None:
+            # a write unit takes the write lock at its start (IMMEDIATE): what it reads
+            # stays true until it commits, and it never fails half-way with "database
+            # is locked" because another writer committed after its first read
+            mode = conn.get_execution_options().get(_BEGIN_OPTION, "DEFERRED")
+            conn.exec_driver_sql(f"BEGIN {mode}")
 
     return engine
 
@@ -120,13 +180,23 @@ class Store:
         if migrate:
             upgrade(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # set on a replica under a leader lease: every committing unit checks it
+        self.fence: Fence | None = None
 
     @contextmanager
     def unit(self, *, rollback: bool = False) -> Iterator[Unit]:
-        """One transaction. ``rollback=True`` (dry runs) discards everything at the end."""
+        """One transaction. ``rollback=True`` (dry runs, reads) discards everything at the end.
+
+        A unit that may commit takes the write lock at its start (SQLite: BEGIN
+        IMMEDIATE), so everything it reads is one consistent state; a rollback unit
+        reads without blocking the daemon's writers."""
         with self._sessions() as session:
             tx = session.begin()
+            if not rollback and self.engine.dialect.name == "sqlite":
+                session.connection(execution_options={_BEGIN_OPTION: "IMMEDIATE"})
             try:
+                if not rollback and self.fence is not None:
+                    self._check_fence(session, self.fence)
                 yield Unit(session)
             except BaseException:
                 tx.rollback()
@@ -138,6 +208,93 @@ class Store:
 
     def close(self) -> None:
         self.engine.dispose()
+
+    # ----- the leader lease (PostgreSQL replicas) ---------------------------------------
+    def _check_fence(self, session: Session, fence: Fence) -> None:
+        """Lock the lease row for this transaction and check it is still ours: while the
+        row is locked nobody can take the lease over, so what this unit commits is
+        fenced by the token (and write units of all replicas run one at a time)."""
+        q = select(_LEASES).where(_LEASES.c.name == LEADER).with_for_update()
+        row = session.execute(q).first()
+        now = _db_now(session.connection())
+        token = fence.token
+        if token is None or row is None or row.token != token or row.holder != fence.holder:
+            who = f"{row.holder} holds it with token {row.token}" if row else "nobody holds it"
+            raise LeaseLost(f"not the leader (token {token}; {who}): nothing committed")
+        if row.expires_at <= now:
+            raise LeaseLost(f"the lease (token {token}) expired at {row.expires_at.isoformat()}")
+
+    def claim_lease(self, holder: str, ttl: float) -> tuple[bool, LeaseState | None]:
+        """One transaction on the locked lease row: renew it if ours and live, take it
+        (token + 1) if free or expired; else leave it. Returns (ours now, the row)."""
+        with self.engine.begin() as conn:
+            now = _db_now(conn)
+            until = now + timedelta(seconds=ttl)
+            q = select(_LEASES).where(_LEASES.c.name == LEADER).with_for_update()
+            row = conn.execute(q).first()
+            if row is None:
+                new = LeaseState(holder, 1, now, now, until, now)
+                conn.execute(
+                    insert(_LEASES).values(
+                        name=LEADER,
+                        holder=holder,
+                        token=1,
+                        acquired_at=now,
+                        renewed_at=now,
+                        expires_at=until,
+                    )
+                )
+                return True, new
+            state = LeaseState(
+                row.holder, row.token, row.acquired_at, row.renewed_at, row.expires_at, now
+            )
+            live = row.expires_at > now
+            if live and row.holder != holder:
+                return False, state
+            values: dict[str, Any]
+            if live:  # ours: renew
+                values = {"renewed_at": now, "expires_at": until}
+                acquired_at, token = row.acquired_at, row.token
+            else:  # free: a new holder (or us again after a gap) gets a new token
+                token = row.token + 1
+                acquired_at = now
+                values = {
+                    "holder": holder,
+                    "token": token,
+                    "acquired_at": now,
+                    "renewed_at": now,
+                    "expires_at": until,
+                }
+            conn.execute(update(_LEASES).where(_LEASES.c.name == LEADER).values(**values))
+            return True, LeaseState(holder, token, acquired_at, now, until, now)
+
+    def release_lease(self, holder: str) -> None:
+        """Give the lease up at a clean stop, so a standby takes over at its next try."""
+        with self.engine.begin() as conn:
+            now = _db_now(conn)
+            conn.execute(
+                update(_LEASES)
+                .where(_LEASES.c.name == LEADER, _LEASES.c.holder == holder)
+                .values(expires_at=now)
+            )
+
+    def read_lease(self) -> LeaseState | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(_LEASES).where(_LEASES.c.name == LEADER)).first()
+            if row is None:
+                return None
+            now = _db_now(conn)
+            return LeaseState(
+                row.holder, row.token, row.acquired_at, row.renewed_at, row.expires_at, now
+            )
+
+
+def _db_now(conn: Any) -> datetime:
+    """The DB server's clock (the replicas' clocks may disagree; the lease's must not)."""
+    if conn.dialect.name == "postgresql":
+        value = conn.execute(select(func.clock_timestamp())).scalar_one()
+        return cast(datetime, value).astimezone(UTC)
+    return datetime.now(UTC)
 
 
 @dataclass(slots=True)

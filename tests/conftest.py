@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine, make_url
+from sqlalchemy.pool import NullPool
 
 from daemon.config import load_settings
 from daemon.service import Service
@@ -17,6 +20,11 @@ from daemon.simulators.harness import SimPair
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 PAYLOADS = SHARED / "reference" / "ivanti-payloads"
 START = datetime(2026, 11, 27, 10, 0, 0, tzinfo=UTC)
+
+# The admin URL of a throwaway PostgreSQL cluster (`./dev test --postgres` starts one and
+# sets it): with it, every test that takes ``state_db_url`` runs on both backends.
+PG_ADMIN_URL = os.environ.get("IXM_TEST_POSTGRES", "")
+BACKENDS = ["sqlite", "postgresql"] if PG_ADMIN_URL else ["sqlite"]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -35,11 +43,46 @@ def sims(clock: SimClock) -> Iterator[SimPair]:
         yield pair
 
 
+@pytest.fixture(params=BACKENDS)
+def state_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The URL of a state DB nobody has used yet: a file in tmp_path on SQLite, a fresh
+    database in the throwaway cluster on PostgreSQL (dropped afterwards)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'state.db'}"
+        return
+    yield from _fresh_pg_database()
+
+
+@pytest.fixture
+def pg_state_db_url() -> Iterator[str]:
+    """A fresh PostgreSQL state DB, for what only PostgreSQL does (replicas, the lease)."""
+    if not PG_ADMIN_URL:
+        pytest.skip("needs PostgreSQL: ./dev test --postgres")
+    yield from _fresh_pg_database()
+
+
+def _fresh_pg_database() -> Iterator[str]:
+    name = f"ixm_test_{uuid.uuid4().hex[:16]}"
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    try:
+        yield make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+
+def is_sqlite(url: str) -> bool:
+    return make_url(url).get_backend_name() == "sqlite"
+
+
 MakeService = Callable[..., Service]
 
 
 @pytest.fixture
-def make_service(sims: SimPair, tmp_path: Path) -> Iterator[MakeService]:
+def make_service(sims: SimPair, state_db_url: str) -> Iterator[MakeService]:
     """Build a daemon pointed at the simulators; same state DB for every call (restarts)."""
     made: list[Service] = []
 
@@ -47,7 +90,7 @@ def make_service(sims: SimPair, tmp_path: Path) -> Iterator[MakeService]:
         opts = {
             k: overrides.pop(k) for k in ("mode", "ivanti_auth", "xmatters_auth") if k in overrides
         }
-        env = sims.daemon_env(tmp_path / "state.db", **opts)
+        env = sims.daemon_env(state_db_url, **opts)
         env.setdefault("XMATTERS_RATE_LIMIT", "1000")
         # The journal check stays on (the default); its wait would only slow the tests.
         env.setdefault("IXM_WORKFLOW_WRITEBACK_WAIT", "0")

@@ -46,8 +46,8 @@ def test_demo_json_lines(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 @pytest.fixture
-def env(sims: SimPair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    values = sims.daemon_env(tmp_path / "state.db")
+def env(sims: SimPair, state_db_url: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    values = sims.daemon_env(state_db_url)
     for key, value in values.items():
         monkeypatch.setenv(key, value)
     return values

@@ -12,7 +12,6 @@ import io
 import logging
 import os
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -102,12 +101,10 @@ def _run(sims: SimPair, env: dict[str, str]) -> None:
     [("session", "oauth"), ("apikey", "apikey"), ("session", "basic")],
 )
 def test_no_secret_in_any_log_line(
-    secret_sims: SimPair, tmp_path: Path, ivanti_auth: str, xmatters_auth: str
+    secret_sims: SimPair, state_db_url: str, ivanti_auth: str, xmatters_auth: str
 ) -> None:
     sims = secret_sims
-    env = sims.daemon_env(
-        tmp_path / "state.db", ivanti_auth=ivanti_auth, xmatters_auth=xmatters_auth
-    )
+    env = sims.daemon_env(state_db_url, ivanti_auth=ivanti_auth, xmatters_auth=xmatters_auth)
     if ivanti_auth == "apikey":
         env["IVANTI_API_KEY"] = IVANTI_API_KEY
     if xmatters_auth == "basic":

@@ -70,8 +70,8 @@ def systemd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeSys
     fake.close()
 
 
-def _service(sims: SimPair, tmp_path: Path, **env: str) -> Service:
-    settings_env = sims.daemon_env(tmp_path / "state.db")
+def _service(sims: SimPair, state_db_url: str, **env: str) -> Service:
+    settings_env = sims.daemon_env(state_db_url)
     settings_env.update(
         {"IXM_POLL_INTERVAL": "1", "IXM_DELIVERY_INTERVAL": "0.1", "XMATTERS_RATE_LIMIT": "100"}
     )
@@ -87,9 +87,9 @@ def _start(svc: Service) -> tuple[threading.Event, threading.Thread]:
 
 
 def test_ready_after_first_poll_then_pages_and_stops_cleanly(
-    sims: SimPair, tmp_path: Path, systemd: FakeSystemd
+    sims: SimPair, state_db_url: str, systemd: FakeSystemd
 ) -> None:
-    svc = _service(sims, tmp_path)
+    svc = _service(sims, state_db_url)
     stop, thread = _start(svc)
     try:
         systemd.wait_for(lambda m: any(x.startswith("READY=1") for x in m))
@@ -111,9 +111,9 @@ def test_ready_after_first_poll_then_pages_and_stops_cleanly(
 
 
 def test_dead_man_stops_feeding_the_watchdog(
-    sims: SimPair, tmp_path: Path, systemd: FakeSystemd, capsys: pytest.CaptureFixture[str]
+    sims: SimPair, state_db_url: str, systemd: FakeSystemd, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    svc = _service(sims, tmp_path, IXM_DEADMAN="2")
+    svc = _service(sims, state_db_url, IXM_DEADMAN="2")
     stop, thread = _start(svc)
     try:
         systemd.wait_for(lambda m: any(x.startswith("READY=1") for x in m))
@@ -153,12 +153,12 @@ def test_notify_never_blocks_on_a_socket_nobody_reads(
 
 
 def test_write_back_passes_run_back_to_back_and_notes_go_out_at_once(
-    sims: SimPair, tmp_path: Path, systemd: FakeSystemd
+    sims: SimPair, state_db_url: str, systemd: FakeSystemd
 ) -> None:
     """Write-back runs in its own loop at the default 2 s interval (no skipped runs), a
     pass that queued notes delivers them without waiting for the deliverer's tick, and
     the lag of the least recently read event is published."""
-    svc = _service(sims, tmp_path, IXM_DELIVERY_INTERVAL="3600")  # only the loop delivers
+    svc = _service(sims, state_db_url, IXM_DELIVERY_INTERVAL="3600")  # only the loop delivers
     stop, thread = _start(svc)
     try:
         systemd.wait_for(lambda m: any(x.startswith("READY=1") for x in m))
@@ -183,3 +183,33 @@ def test_write_back_passes_run_back_to_back_and_notes_go_out_at_once(
         svc.close()
     assert not thread.is_alive()
     assert not any(t.name == "writeback" for t in threading.enumerate())
+
+
+def test_a_standby_is_ready_and_names_the_leader(
+    sims: SimPair, pg_state_db_url: str, systemd: FakeSystemd
+) -> None:
+    """PostgreSQL: two replicas; the second tells systemd it is a standby, and who leads."""
+    leader = _service(sims, pg_state_db_url)
+    stop_a, thread_a = _start(leader)
+    try:
+        systemd.wait_for(lambda m: any(x == "READY=1\nSTATUS=polling" for x in m))
+        standby = _service(sims, pg_state_db_url)
+        stop_b, thread_b = _start(standby)
+        try:
+            assert leader.leadership is not None
+            holder = leader.leadership.holder
+            systemd.wait_for(
+                lambda m: any(
+                    x.startswith(f"READY=1\nSTATUS=standby, leader is {holder}") for x in m
+                )
+            )
+            assert leader.metrics.leader._value.get() == 1
+            assert standby.metrics.leader._value.get() == 0
+        finally:
+            stop_b.set()
+            thread_b.join(timeout=20)
+            standby.close()
+    finally:
+        stop_a.set()
+        thread_a.join(timeout=20)
+        leader.close()

@@ -491,6 +491,7 @@ def test_describe_with_api_key_auth_and_separate_form_trigger() -> None:
         ("IXM_METRICS_PORT", "70000", "between 1 and 65535"),
         ("IXM_METRICS_PORT", "http", "not a whole number"),
         ("IXM_DEADMAN", "20", "IXM_DEADMAN=20 must exceed IXM_POLL_INTERVAL=30"),
+        ("IXM_LEASE_TTL", "0.5", "out of range"),
         ("IVANTI_TIMEOUT", "inf", "not a number of seconds"),
         ("XMATTERS_TIMEOUT", "0", "out of range"),
         ("XMATTERS_RATE_LIMIT", "0", "out of range"),
@@ -873,3 +874,8 @@ def test_response_actions_checked_by_the_real_notes_module() -> None:
     assert error_of(base_env(IXM_RESPONSE_ACTIONS="Acknowledge=explode")).startswith(
         "IXM_RESPONSE_ACTIONS='Acknowledge=explode' is invalid:"
     )
+
+
+def test_lease_ttl_defaults_to_the_poll_interval() -> None:
+    assert load_settings(base_env(IXM_POLL_INTERVAL="45")).ops.lease_ttl == 45
+    assert load_settings(base_env(IXM_LEASE_TTL="10s")).ops.lease_ttl == 10

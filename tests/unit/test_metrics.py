@@ -6,7 +6,6 @@ from __future__ import annotations
 import socket
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import httpx
 import pytest
@@ -37,8 +36,8 @@ def metrics() -> Metrics:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store(f"sqlite:///{tmp_path / 'state.db'}")
+def store(state_db_url: str) -> Iterator[Store]:
+    s = Store(state_db_url)
     yield s
     s.close()
 

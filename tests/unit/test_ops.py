@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import sqlite3
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ import httpx
 import pytest
 from alembic import command
 from alembic.config import Config
+from sqlalchemy import inspect, make_url, text
 
 from daemon import ops
 from daemon.cli import main
@@ -28,7 +28,7 @@ from daemon.config import load_settings
 from daemon.service import Service
 from daemon.simulators.harness import SimPair
 from daemon.store import MIGRATIONS_DIR, Store, current_revision, head_revision, make_engine
-from tests.conftest import MakeService
+from tests.conftest import MakeService, is_sqlite
 
 NET = "Network Operations"
 DB = "Database Team"
@@ -38,12 +38,27 @@ VIEWS = ("v_incident_timeline", "v_pending_actions", "v_dead_letters", "v_live_e
 # --------------------------------------------------------------------------- fixtures
 
 
+def _sqlite_file(url: str) -> Path:
+    return Path(make_url(url).database or "")
+
+
+def _created_nothing(url: str) -> bool:
+    """No SQLite file appeared, or the PostgreSQL database is still without a schema."""
+    if is_sqlite(url):
+        return not _sqlite_file(url).exists()
+    engine = make_engine(url)
+    try:
+        return inspect(engine).get_table_names() == []
+    finally:
+        engine.dispose()
+
+
 @dataclass
 class Story:
     """A DB holding one incident of each kind an operator asks about."""
 
     svc: Service
-    db: Path
+    url: str  # the state DB
     baseline: dict[str, Any]  # existed at first start: recorded, nobody paged
     resolved: dict[str, Any]  # paged, answered "Assign to me", resolved (event terminated)
     dead: dict[str, Any]  # its page was refused (400): dead letter
@@ -52,7 +67,7 @@ class Story:
     pending_action: int
 
 
-def _env(sims: SimPair, db: Path) -> dict[str, str]:
+def _env(sims: SimPair, db: str) -> dict[str, str]:
     env = sims.daemon_env(db)
     env["XMATTERS_RATE_LIMIT"] = "1000"
     return env
@@ -60,13 +75,13 @@ def _env(sims: SimPair, db: Path) -> dict[str, str]:
 
 @pytest.fixture
 def cli_env(
-    sims: SimPair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    sims: SimPair, state_db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[dict[str, str]]:
     """The process environment of an operator's shell, and ``now`` on the simulated clock."""
     for name in list(os.environ):
         if name.startswith(("IVANTI_", "XMATTERS_", "IXM_")):
             monkeypatch.delenv(name)
-    env = _env(sims, tmp_path / "state.db")
+    env = _env(sims, state_db_url)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     monkeypatch.setattr(ops, "utcnow", sims.clock.now)
@@ -105,7 +120,7 @@ def story(sims: SimPair, make_service: MakeService, cli_env: dict[str, str]) -> 
     assert len(dead_ids) == 1 and len(pending_ids) == 1
     return Story(
         svc=svc,
-        db=Path(cli_env["IXM_STATE_DB"].removeprefix("sqlite:///")),
+        url=cli_env["IXM_STATE_DB"],
         baseline=baseline,
         resolved=resolved,
         dead=dead,
@@ -139,15 +154,18 @@ def action_state(story: Story, action_id: int) -> tuple[str, str | None]:
 def test_status_before_any_db_says_how_to_create_it(
     cli_env: dict[str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    db = Path(cli_env["IXM_STATE_DB"].removeprefix("sqlite:///"))
+    url = cli_env["IXM_STATE_DB"]
     code, out, err = run(capsys, "status")
     assert code == 1
     assert out == ""
-    assert "no state DB" in err and "ivanti-xmatters db upgrade" in err
+    # SQLite: no file yet; PostgreSQL: the database is made by its admin, empty
+    assert ("no state DB" if is_sqlite(url) else "has no schema yet") in err
+    assert "ivanti-xmatters db upgrade" in err
     code, data = run_json(capsys, "status")
     assert code == 1 and data["ok"] is False and "db upgrade" in data["error"]
-    assert not db.exists()  # looking must not create an empty DB
-    db.touch()  # e.g. created by hand: there, but without a schema
+    assert _created_nothing(url)  # looking must not create an empty DB
+    if is_sqlite(url):
+        _sqlite_file(url).touch()  # e.g. created by hand: there, but without a schema
     code, out, err = run(capsys, "incidents")
     assert code == 1 and "has no schema yet" in err and "db upgrade" in err
 
@@ -402,7 +420,7 @@ def test_check_passes_against_the_simulators_and_creates_nothing(
     assert out.rstrip().endswith("checks passed")
     assert sims.xmatters.triggers() == []
     assert sims.xmatters.events() == []
-    assert not Path(cli_env["IXM_STATE_DB"].removeprefix("sqlite:///")).exists()
+    assert _created_nothing(cli_env["IXM_STATE_DB"])
 
     code, data = run_json(capsys, "check", "--quiet")
     assert code == 0 and data["ok"] is True and "settings" not in data
@@ -536,27 +554,28 @@ def _alembic(url: str) -> Config:
     return cfg
 
 
-def _views(path: Path) -> set[str]:
-    with sqlite3.connect(path) as conn:
-        rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'view'").fetchall()
-    return {r[0] for r in rows}
+def _views(url: str) -> set[str]:
+    engine = make_engine(url)
+    try:
+        return set(inspect(engine).get_view_names())
+    finally:
+        engine.dispose()
 
 
-def test_views_migration_applies_to_an_existing_0001_db(tmp_path: Path) -> None:
-    path = tmp_path / "old.db"
-    url = f"sqlite:///{path}"
+def test_views_migration_applies_to_an_existing_0001_db(state_db_url: str) -> None:
+    url = state_db_url
     engine = make_engine(url)
     cfg = _alembic(url)
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "0001")
-    assert current_revision(engine) == "0001" and _views(path) == set()
+    assert current_revision(engine) == "0001" and _views(url) == set()
     Store(url).close()  # what the daemon does at start
-    assert current_revision(engine) == head_revision() and _views(path) == set(VIEWS)
+    assert current_revision(engine) == head_revision() and _views(url) == set(VIEWS)
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
         command.downgrade(cfg, "0001")
-    assert _views(path) == set()
+    assert _views(url) == set()
     engine.dispose()
 
 
@@ -572,26 +591,29 @@ def test_db_upgrade_command_adds_the_views(
     engine.dispose()
     code, out, _ = run(capsys, "db", "upgrade")
     assert code == 0 and f"0001 -> {head_revision()}" in out
-    assert _views(Path(url.removeprefix("sqlite:///"))) == set(VIEWS)
+    assert _views(url) == set(VIEWS)
 
 
-def test_views_answer_questions_in_sqlite3(story: Story) -> None:
-    with sqlite3.connect(story.db) as conn:
-        timeline = conn.execute(
-            "SELECT at, kind, what, detail FROM v_incident_timeline WHERE incident_number = ?",
-            (story.resolved["IncidentNumber"],),
-        ).fetchall()
-        pending = conn.execute(
-            "SELECT id, incident_number, attempts FROM v_pending_actions"
-        ).fetchall()
-        dead = conn.execute(
-            "SELECT id, dead_reason, last_http_status FROM v_dead_letters"
-        ).fetchall()
-        live = conn.execute("SELECT event_id FROM v_live_events").fetchall()
-        base = conn.execute(
-            "SELECT kind, what, detail FROM v_incident_timeline WHERE rec_id = ?",
-            (story.baseline["RecId"],),
-        ).fetchall()
+def test_views_answer_questions_in_plain_sql(story: Story) -> None:
+    """What a person types into sqlite3 or psql (plain SQL, through the DB URL)."""
+    engine = make_engine(story.url)
+    with engine.connect() as conn:
+
+        def rows(sql: str, **params: Any) -> list[tuple[Any, ...]]:
+            return [tuple(r) for r in conn.execute(text(sql), params)]
+
+        timeline = rows(
+            "SELECT at, kind, what, detail FROM v_incident_timeline WHERE incident_number = :n",
+            n=story.resolved["IncidentNumber"],
+        )
+        pending = rows("SELECT id, incident_number, attempts FROM v_pending_actions")
+        dead = rows("SELECT id, dead_reason, last_http_status FROM v_dead_letters")
+        live = rows("SELECT event_id FROM v_live_events")
+        base = rows(
+            "SELECT kind, what, detail FROM v_incident_timeline WHERE rec_id = :r",
+            r=story.baseline["RecId"],
+        )
+    engine.dispose()
     kinds = [k for _, k, _, _ in timeline]
     assert [at for at, *_ in timeline] == sorted(at for at, *_ in timeline)
     assert kinds[0] == "change" and timeline[0][2] == "New Incident"
