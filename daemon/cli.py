@@ -140,7 +140,13 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _db(args)
     if cmd in ("run", "once"):
         settings = load(args)
-        setup_logging(settings.ops.log_level)
+        # `run` logs to stdout (the journal under systemd); `once` prints its report on
+        # stdout, so its logs go to stderr and `once --json | jq` reads JSON only.
+        setup_logging(
+            settings.ops.log_level,
+            sys.stdout if cmd == "run" else sys.stderr,
+            fmt=settings.ops.log_format,
+        )
         if cmd == "run":
             return _run(settings, dry_run=args.dry_run)
         return _once(settings, dry_run=args.dry_run, as_json=args.json)

@@ -176,6 +176,7 @@ class WritebackSettings:
 @dataclass(frozen=True, slots=True)
 class OpsSettings:
     log_level: str = "INFO"
+    log_format: str = "logfmt"  # or "json"
     metrics_port: int | None = None
     metrics_addr: str = "127.0.0.1"
     deadman: float = 600.0
@@ -311,6 +312,7 @@ class Settings:
             ("IXM_QUIET_POLL_EVERY", _show(wb.quiet_poll_every)),
             ("IXM_STATE_DB", _hide_url_password(self.state_db_url)),
             ("IXM_LOG_LEVEL", op.log_level),
+            ("IXM_LOG_FORMAT", op.log_format),
             ("IXM_METRICS_PORT", "(disabled)" if op.metrics_port is None else str(op.metrics_port)),
             ("IXM_METRICS_ADDR", op.metrics_addr),
             ("IXM_DEADMAN", _show(op.deadman)),
@@ -1043,6 +1045,7 @@ def _load_ops(env: _Env, poll_interval: float) -> OpsSettings:
         port = env.integer("IXM_METRICS_PORT", 9464, lo=1, hi=65535)
     return OpsSettings(
         log_level=env.choice("IXM_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
+        log_format=env.choice("IXM_LOG_FORMAT", "logfmt", ("logfmt", "json")),
         metrics_port=port,
         metrics_addr=_metrics_addr(env),
         deadman=deadman,

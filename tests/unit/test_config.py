@@ -541,6 +541,7 @@ def test_bad_boolean(name: str) -> None:
         ("XMATTERS_EVENT_PRIORITY", "URGENT"),
         ("IXM_DELIVERY_NOTES", "some"),
         ("IXM_LOG_LEVEL", "TRACE"),
+        ("IXM_LOG_FORMAT", "xml"),
     ],
 )
 def test_bad_choices(name: str, value: str) -> None:
