@@ -13,8 +13,11 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from daemon import ops
-from daemon.config import EX_CONFIG, ConfigError, Settings, load_settings
-from daemon.logs import setup_logging
+from daemon.config import EX_CONFIG, ConfigError, Settings, hide_url_password, load_settings
+from daemon.logs import is_journal_stream, setup_logging
+from daemon.redact import redact
+
+EX_UNAVAILABLE = 69  # sysexits.h: a service the daemon needs (the state DB) is unavailable
 
 if TYPE_CHECKING:
     from daemon.service import CycleReport
@@ -97,7 +100,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def load(args: argparse.Namespace, *, require_targets: bool = True) -> Settings:
-    return load_settings(env_file=args.env_file, require_targets=require_targets)
+    settings = load_settings(env_file=args.env_file, require_targets=require_targets)
+    _loaded_db_url.append(settings.state_db_url)
+    return settings
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -109,13 +114,52 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _dispatch(args)
     except ConfigError as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
+        _error(f"configuration error: {exc}")
         return EX_CONFIG
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C: the shell's convention, no traceback
+        _error("interrupted")
         return 130
     except BrokenPipeError:  # `ivanti-xmatters explain 123 | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except Exception as exc:
+        known = _outage(exc)
+        if known is None:
+            raise  # a bug: the traceback is what a report needs
+        _error(known[0])
+        return known[1]
+
+
+def _error(line: str) -> None:
+    """One line on stderr; with the journal's error priority when stderr is the journal."""
+    prefix = "<3>" if is_journal_stream(sys.stderr) else ""
+    print(prefix + redact(line), file=sys.stderr)
+
+
+_loaded_db_url: list[str] = []  # the state DB of the settings loaded, for error messages
+
+
+def _outage(exc: Exception) -> tuple[str, int] | None:
+    """One line and an exit code for a state DB that cannot be used, else None."""
+    from sqlalchemy.exc import DBAPIError
+
+    if not isinstance(exc, DBAPIError):
+        return None
+    detail = " ".join(str(exc.orig).split()) or type(exc.orig).__name__
+    url = _loaded_db_url[-1] if _loaded_db_url else "IXM_STATE_DB"
+    if url.startswith("sqlite:") and "unable to open database file" in detail:
+        path = url.split(":///", 1)[-1]
+        return (
+            f"configuration error: the state DB {path} cannot be opened ({detail}); create "
+            "its directory and make it writable by the daemon's user, or point IXM_STATE_DB "
+            "elsewhere",
+            EX_CONFIG,
+        )
+    return (
+        f"the state DB {hide_url_password(url)} cannot be used ({detail}); check that the "
+        "database server is up and IXM_STATE_DB is right, then start again",
+        EX_UNAVAILABLE,
+    )
 
 
 def _dispatch(args: argparse.Namespace) -> int:

@@ -310,7 +310,7 @@ class Settings:
             ("IXM_NOTE_MAX_CHARS", _show(wb.note_max_chars)),
             ("IXM_WRITEBACK_CONCURRENCY", _show(wb.concurrency)),
             ("IXM_QUIET_POLL_EVERY", _show(wb.quiet_poll_every)),
-            ("IXM_STATE_DB", _hide_url_password(self.state_db_url)),
+            ("IXM_STATE_DB", hide_url_password(self.state_db_url)),
             ("IXM_LOG_LEVEL", op.log_level),
             ("IXM_LOG_FORMAT", op.log_format),
             ("IXM_METRICS_PORT", "(disabled)" if op.metrics_port is None else str(op.metrics_port)),
@@ -336,7 +336,7 @@ def _fmt_number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else repr(value)
 
 
-def _hide_url_password(url: str) -> str:
+def hide_url_password(url: str) -> str:
     parts = urlsplit(url)
     if parts.password is None:
         return url
@@ -1073,6 +1073,7 @@ def _state_db_url(env: _Env) -> str:
         password = urlsplit(raw).password
         if password:
             _register_secret(password)
+        _check_db_driver(raw)
         return raw
     if raw is not None:
         path = Path(raw).expanduser()
@@ -1081,6 +1082,55 @@ def _state_db_url(env: _Env) -> str:
         base = Path(state_dirs[0]) if state_dirs else Path.cwd()
         path = base / "ivanti-xmatters.db"
     return f"sqlite:///{path.absolute()}"
+
+
+# The pip package for a DB driver module SQLAlchemy names, for the fix in the error.
+_DRIVER_PACKAGES = {
+    "psycopg": "psycopg[binary]",
+    "psycopg2": "psycopg2-binary",
+    "MySQLdb": "mysqlclient",
+    "pymysql": "PyMySQL",
+    "pyodbc": "pyodbc",
+    "oracledb": "oracledb",
+    "asyncpg": "asyncpg",
+}
+
+
+def _check_db_driver(url: str) -> None:
+    """The URL parses, SQLAlchemy knows its dialect, and the driver module is installed.
+
+    Checked here so ``postgresql://...`` without psycopg is a configuration error at
+    start-up (exit 78), not an ImportError traceback from the first connection.
+    """
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    shown = _quote(hide_url_password(url))
+    try:
+        parsed = make_url(url)
+        dialect = parsed.get_dialect()
+    except NoSuchModuleError:
+        scheme = url.split("://", 1)[0]
+        raise ConfigError(
+            f"IXM_STATE_DB={shown} names the database kind {scheme!r}, which SQLAlchemy does "
+            "not know; use a file path (SQLite, the default) or e.g. "
+            "postgresql+psycopg://user@host/db"
+        ) from None
+    except (ArgumentError, ValueError):
+        raise ConfigError(
+            f"IXM_STATE_DB={shown} is not a database URL; use a file path (SQLite) or "
+            "e.g. postgresql+psycopg://user@host/db"
+        ) from None
+    try:
+        dialect.import_dbapi()
+    except ImportError as exc:
+        module = (exc.name or getattr(dialect, "driver", "") or "its driver").split(".")[0]
+        package = _DRIVER_PACKAGES.get(module, module)
+        raise ConfigError(
+            f"IXM_STATE_DB={shown} needs the Python module {module}, which is not installed; "
+            f"install it into the daemon's environment (pip install '{package}') or use a "
+            "file path (SQLite, the default)"
+        ) from None
 
 
 # --------------------------------------------------------------------------- entry point

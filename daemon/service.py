@@ -9,6 +9,7 @@ finish and commit, then the process exits 0.
 
 from __future__ import annotations
 
+import errno
 import logging
 import threading
 import time
@@ -19,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from daemon import systemd
-from daemon.config import Settings
+from daemon.config import ConfigError, Settings
 from daemon.deliverer import Deliverer, DeliveryConfig, DeliveryResult
 from daemon.ivanti import IvantiClient
 from daemon.logs import log_event
@@ -313,7 +314,7 @@ class Service:
                 id="reconcile",
             )
         if s.ops.metrics_port is not None:
-            self.metrics.serve(s.ops.metrics_addr, s.ops.metrics_port)
+            self._serve_metrics(s.ops.metrics_addr, s.ops.metrics_port)
         scheduler.start()
         log_event(
             log,
@@ -353,6 +354,19 @@ class Service:
             log_event(log, logging.INFO, "stopping: finishing the current step")
             scheduler.shutdown(wait=True)
             log_event(log, logging.INFO, "stopped")
+
+    def _serve_metrics(self, addr: str, port: int) -> None:
+        """A port that cannot be bound is a configuration error (exit 78), not a traceback."""
+        try:
+            self.metrics.serve(addr, port)
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            if exc.errno == errno.EADDRINUSE:
+                reason = "another process already listens there"
+            raise ConfigError(
+                f"IXM_METRICS_PORT={port} cannot be served on {addr}:{port} ({reason}); "
+                "pick a free port (ss -ltnp shows who holds it) or unset IXM_METRICS_PORT"
+            ) from None
 
     def _xmatters_answers(self) -> bool:
         """Part of readiness: one cheap REST call (a search for a random requestId, which

@@ -63,6 +63,12 @@ def in_tmp_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture(autouse=True)
+def psycopg_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The examples use postgresql:// state DBs; their driver is not a dependency."""
+    monkeypatch.setitem(sys.modules, "psycopg", types.ModuleType("psycopg"))
+
+
+@pytest.fixture(autouse=True)
 def registered(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
     """Replace daemon.redact with a recorder: the calls can be seen, and the test secrets
     stay out of the real process-wide registry (which would mask them in other tests)."""
@@ -874,3 +880,24 @@ def test_response_actions_checked_by_the_real_notes_module() -> None:
     assert error_of(base_env(IXM_RESPONSE_ACTIONS="Acknowledge=explode")).startswith(
         "IXM_RESPONSE_ACTIONS='Acknowledge=explode' is invalid:"
     )
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        (
+            "mysql://ixm@db/ixm",
+            "needs the Python module MySQLdb, which is not installed; "
+            "install it into the daemon's environment (pip install 'mysqlclient')",
+        ),
+        ("postgresql+psycopg2://ixm:db-pass-123@db/ixm", "pip install 'psycopg2-binary'"),
+        ("foo://x", "names the database kind 'foo', which SQLAlchemy does not know"),
+        ("postgresql://db:port/ixm", "is not a database URL"),
+    ],
+)
+def test_state_db_url_needs_a_known_dialect_and_an_installed_driver(
+    url: str, expected: str
+) -> None:
+    message = error_of(base_env(IXM_STATE_DB=url))
+    assert message.startswith("IXM_STATE_DB=") and expected in message
+    assert "db-pass-123" not in message
