@@ -96,12 +96,29 @@ def _parser() -> argparse.ArgumentParser:
     dbsub.add_parser("current", help="show the DB's revision and the newest one")
 
     ops.add_commands(sub)
+    _env_file_everywhere(sub)
     return p
+
+
+def _env_file_everywhere(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``--env-file`` also after the command (``explain 10002 --env-file /dev/null``).
+
+    ``SUPPRESS`` leaves the value given before the command alone when it is not repeated.
+    """
+    for command in sub.choices.values():
+        command.add_argument(
+            "--env-file", default=argparse.SUPPRESS, help="read settings from this file"
+        )
+        for action in command._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                _env_file_everywhere(action)
 
 
 def load(args: argparse.Namespace, *, require_targets: bool = True) -> Settings:
     settings = load_settings(env_file=args.env_file, require_targets=require_targets)
     _loaded_db_url.append(settings.state_db_url)
+    for warning in settings.warnings:  # a misspelled setting: said once, on stderr
+        _error(f"warning: {warning}", priority="<4>")
     return settings
 
 
@@ -114,7 +131,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _dispatch(args)
     except ConfigError as exc:
-        _error(f"configuration error: {exc}")
+        for problem in exc.problems:
+            _error(f"configuration error: {problem}")
+        for warning in exc.warnings:
+            _error(f"warning: {warning}", priority="<4>")
         return EX_CONFIG
     except KeyboardInterrupt:  # Ctrl-C: the shell's convention, no traceback
         _error("interrupted")
@@ -130,9 +150,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return known[1]
 
 
-def _error(line: str) -> None:
-    """One line on stderr; with the journal's error priority when stderr is the journal."""
-    prefix = "<3>" if is_journal_stream(sys.stderr) else ""
+def _error(line: str, *, priority: str = "<3>") -> None:
+    """One line on stderr; with its journal priority (error) when stderr is the journal."""
+    prefix = priority if is_journal_stream(sys.stderr) else ""
     print(prefix + redact(line), file=sys.stderr)
 
 

@@ -196,3 +196,63 @@ def test_a_closed_pipe_is_not_an_error(command: list[str], demo_db: Path) -> Non
     finally:
         os.close(write_end)
     assert result.returncode == 0 and result.stderr == ""
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+def test_every_configuration_problem_in_one_run_and_unknown_names_warned() -> None:
+    env = clean_env(
+        IVANTI_API_KEY="k" * 32,
+        IXM_POLL_INTERVALL="5",
+        IXM_CRITICAL_PRIORITIES="x",
+        IXM_DEADMAN="abc",
+    )
+    result = cli("--env-file", "/dev/null", "once", env=env)
+    assert result.returncode == 78 and "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert [line.split(" ", 3)[2] for line in lines[:-1]] == [
+        "IVANTI_BASE_URL",
+        "XMATTERS_TRIGGER_URL",
+        "IXM_CRITICAL_PRIORITIES",
+        "IXM_DEADMAN='abc'",
+    ]
+    assert all(line.startswith("configuration error: ") for line in lines[:-1])
+    assert lines[-1] == (
+        "warning: IXM_POLL_INTERVALL is not a setting and is ignored; "
+        "did you mean IXM_POLL_INTERVAL?"
+    )
+
+
+def test_unknown_setting_warned_on_stderr_when_the_rest_is_fine(demo_db: Path) -> None:
+    env = clean_env(IXM_STATE_DB=str(demo_db), IXM_LOG_LEVL="DEBUG")
+    result = cli("status", "--json", "--env-file", "/dev/null", env=env)
+    assert result.returncode == 0, result.stderr
+    json.loads(result.stdout)
+    assert result.stderr.strip() == (
+        "warning: IXM_LOG_LEVL is not a setting and is ignored; did you mean IXM_LOG_LEVEL?"
+    )
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--env-file", "ENV", "explain", "10002"],
+        ["explain", "10002", "--env-file", "ENV"],
+        ["explain", "--env-file", "ENV", "10002"],
+    ],
+)
+def test_env_file_before_or_after_the_command(
+    args: list[str], demo_db: Path, tmp_path: Path
+) -> None:
+    env_file = tmp_path / "ixm.env"
+    env_file.write_text(f"IXM_STATE_DB={demo_db}\n")
+    result = cli(*[str(env_file) if a == "ENV" else a for a in args], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("Incident 10002")
+
+
+def test_env_file_after_a_nested_command(tmp_path: Path) -> None:
+    result = cli("db", "current", "--env-file", str(tmp_path / "missing.env"))
+    assert result.returncode == 78
+    assert "the settings file" in one_line(result) and "missing.env does not exist" in result.stderr
