@@ -34,6 +34,14 @@ from daemon.xmatters import XMattersClient
 log = logging.getLogger("daemon.service")
 
 
+def _one_line(text: str, limit: int = 200) -> str:
+    """A STATUS= value: one line, short, no secret (systemctl status shows it to anyone)."""
+    from daemon.redact import redact
+
+    flat = " ".join(redact(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -324,20 +332,28 @@ class Service:
             mode=s.xmatters.mode if s.xmatters else "?",
             writeback=self.writeback is not None,
         )
-        ready = False
+        # READY as soon as the state DB is migrated (Service()) and the settings are valid:
+        # an Ivanti or xMatters outage must not hold `systemctl start` for TimeoutStartSec
+        # and then loop. STATUS= says what the daemon waits for; the watchdog and the
+        # dead-man below still judge the polls.
+        systemd.notify("READY=1\nSTATUS=" + self._status(xmatters_ok=False))
+        log_event(log, logging.INFO, "ready: state DB migrated, settings valid")
         deadman = timedelta(seconds=s.ops.deadman)
         started = self.now()
         stalled_logged = False
+        xmatters_ok, next_probe, status, current = False, 0.0, "", ""
         try:
             while not stop.wait(timeout=systemd.watchdog_period(default=5.0)):
                 healthy_since = self.last_poll_ok or started
-                if not ready and self.last_poll_ok is not None and self._xmatters_answers():
-                    systemd.notify("READY=1\nSTATUS=polling")
-                    log_event(log, logging.INFO, "ready: state DB migrated, both APIs answered")
-                    ready = True
+                if not xmatters_ok and self.last_poll_ok and time.monotonic() >= next_probe:
+                    xmatters_ok = self._xmatters_answers()
+                    next_probe = time.monotonic() + s.poll.interval
+                    if xmatters_ok:
+                        log_event(log, logging.INFO, "both APIs answered: polling")
                 if self.now() - healthy_since <= deadman:
                     systemd.notify("WATCHDOG=1")
                     stalled_logged = False
+                    current = self._status(xmatters_ok=xmatters_ok)
                 elif not stalled_logged:
                     log_event(
                         log,
@@ -347,13 +363,28 @@ class Service:
                         deadman=f"{s.ops.deadman:g}s",
                         last_error=self.last_error.get("ivanti", "none"),
                     )
-                    systemd.notify("STATUS=no successful poll within IXM_DEADMAN")
+                    current = "no successful poll within IXM_DEADMAN"
                     stalled_logged = True
+                if current != status:
+                    systemd.notify("STATUS=" + current)
+                    status = current
         finally:
             systemd.notify("STOPPING=1")
             log_event(log, logging.INFO, "stopping: finishing the current step")
             scheduler.shutdown(wait=True)
             log_event(log, logging.INFO, "stopped")
+
+    def _status(self, *, xmatters_ok: bool) -> str:
+        """One line for ``systemctl status``: what the daemon waits for, if anything."""
+        if self.last_poll_ok is None:
+            error = self.last_error.get("ivanti")
+            why = f" (last error: {error.split(' ', 1)[-1]})" if error else ""
+            return _one_line("waiting for the first successful poll of Ivanti" + why)
+        if not xmatters_ok:
+            error = self.last_error.get("xmatters")
+            why = f" (last error: {error.split(' ', 1)[-1]})" if error else ""
+            return _one_line("polling; waiting for the xMatters REST API to answer" + why)
+        return "polling"
 
     def _serve_metrics(self, addr: str, port: int) -> None:
         """A port that cannot be bound is a configuration error (exit 78), not a traceback."""

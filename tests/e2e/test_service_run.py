@@ -86,7 +86,7 @@ def _start(svc: Service) -> tuple[threading.Event, threading.Thread]:
     return stop, thread
 
 
-def test_ready_after_first_poll_then_pages_and_stops_cleanly(
+def test_ready_then_pages_and_stops_cleanly(
     sims: SimPair, tmp_path: Path, systemd: FakeSystemd
 ) -> None:
     svc = _service(sims, tmp_path)
@@ -116,7 +116,8 @@ def test_dead_man_stops_feeding_the_watchdog(
     svc = _service(sims, tmp_path, IXM_DEADMAN="2")
     stop, thread = _start(svc)
     try:
-        systemd.wait_for(lambda m: any(x.startswith("READY=1") for x in m))
+        # READY comes before the first poll; STATUS=polling once a poll succeeded
+        systemd.wait_for(lambda m: "STATUS=polling" in m)
         sims.ivanti.faults.inject("status", "/incidents", status=503, times=0)
         # the clock the daemon judges by is the simulated one: move it past the dead-man
         sims.clock.advance(5)
