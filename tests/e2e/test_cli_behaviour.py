@@ -256,3 +256,26 @@ def test_env_file_after_a_nested_command(tmp_path: Path) -> None:
     result = cli("db", "current", "--env-file", str(tmp_path / "missing.env"))
     assert result.returncode == 78
     assert "the settings file" in one_line(result) and "missing.env does not exist" in result.stderr
+
+
+# --------------------------------------------------------------------------- output people read
+
+
+def test_once_names_incidents_by_number_and_counts_in_good_english(
+    sims: SimPair, sim_env: dict[str, str]
+) -> None:
+    assert cli("--env-file", "/dev/null", "once", env=sim_env).returncode == 0  # baseline
+    sims.clock.advance(30)
+    inc = sims.ivanti.create_incident(Priority="1", OwnerTeam="Network Operations")
+    number = inc["IncidentNumber"]
+    dry = cli("--env-file", "/dev/null", "once", "--dry-run", env=sim_env)
+    assert dry.returncode == 0, dry.stderr
+    head, transition, action = dry.stdout.splitlines()[:3]
+    assert "read 1 row in 1 request, 1 change, 1 transition" in head
+    assert transition.split()[:4] == ["transition", "New", "Incident", "INC"]
+    assert f"INC {number} " in transition and inc["RecId"] not in transition
+    assert action.startswith(f"  would send page      INC {number}  ")
+    report = json.loads(cli("--env-file", "/dev/null", "once", "--json", env=sim_env).stdout)
+    assert report["transitions"][0]["incident"] == number
+    assert report["actions"][0]["incident"] == number
+    assert report["actions"][0]["rec_id"] == inc["RecId"]
