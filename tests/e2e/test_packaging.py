@@ -76,8 +76,9 @@ def test_installed_from_the_wheel_it_prints_its_unit_and_env_example(
         ).stdout
 
     assert run("-c", "import daemon; print(daemon.__file__)").startswith(str(site))
-    exe_args = [str(exe)]
-    run_cli = lambda *args: run(*exe_args, *args)  # noqa: E731
+
+    def run_cli(*args: str) -> str:
+        return run(str(exe), *args)
 
     unit = run_cli("print-unit")
     assert unit == (ROOT / "systemd" / "ivanti-xmatters.service").read_text()
