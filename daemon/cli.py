@@ -9,12 +9,16 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from daemon import ops
-from daemon.config import EX_CONFIG, ConfigError, Settings, load_settings
-from daemon.logs import setup_logging
+from daemon.config import EX_CONFIG, ConfigError, Settings, hide_url_password, load_settings
+from daemon.logs import is_journal_stream, setup_logging
+from daemon.redact import redact
+
+EX_UNAVAILABLE = 69  # sysexits.h: a service the daemon needs (the state DB) is unavailable
 
 if TYPE_CHECKING:
     from daemon.service import CycleReport
@@ -49,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--env-file", help="read settings from this file instead of ./.env")
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     run = sub.add_parser("run", help="run the daemon (poll, deliver, write back) until stopped")
@@ -93,11 +98,87 @@ def _parser() -> argparse.ArgumentParser:
     dbsub.add_parser("current", help="show the DB's revision and the newest one")
 
     ops.add_commands(sub)
+    comp = sub.add_parser(
+        "completion",
+        help="print a shell completion script (bash or zsh)",
+        description="Print a completion script. bash: "
+        "ivanti-xmatters completion bash | sudo tee /etc/bash_completion.d/ivanti-xmatters; "
+        "zsh: ivanti-xmatters completion zsh > ~/.zfunc/_ivanti-xmatters "
+        "(a directory in $fpath).",
+    )
+    comp.add_argument("shell", choices=("bash", "zsh"))
+    sub.add_parser(
+        "print-unit",
+        help="print the systemd unit shipped with this version "
+        "(| sudo tee /etc/systemd/system/ivanti-xmatters.service)",
+    )
+    sub.add_parser(
+        "print-env-example",
+        help="print .env.example: every setting with its default and meaning",
+    )
+    _env_file_everywhere(sub)
     return p
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ivanti-xmatters")
+    except PackageNotFoundError:  # run from a checkout that is not installed
+        return "(not installed)"
+
+
+# Shipped files: installed under the environment's share/ (pyproject data-files), or
+# beside the package in a source checkout.
+_SHIPPED = {
+    "print-unit": (
+        "share/ivanti-xmatters/ivanti-xmatters.service",
+        "systemd/ivanti-xmatters.service",
+    ),
+    "print-env-example": ("share/ivanti-xmatters/.env.example", ".env.example"),
+}
+
+
+def shipped_file(command: str) -> Path:
+    import sysconfig
+
+    installed, in_checkout = _SHIPPED[command]
+    candidates = [
+        Path(sysconfig.get_path("data")) / installed,
+        Path(sys.prefix) / installed,
+        Path(__file__).resolve().parents[1] / in_checkout,
+    ]
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise FileNotFoundError(
+        f"{Path(installed).name} is not installed with this copy (looked in "
+        f"{', '.join(str(c.parent) for c in candidates)}); reinstall the package from a "
+        "wheel or a checkout (pip install .)"
+    )
+
+
+def _env_file_everywhere(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``--env-file`` also after the command (``explain 10002 --env-file /dev/null``).
+
+    ``SUPPRESS`` leaves the value given before the command alone when it is not repeated.
+    """
+    for command in sub.choices.values():
+        command.add_argument(
+            "--env-file", default=argparse.SUPPRESS, help="read settings from this file"
+        )
+        for action in command._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                _env_file_everywhere(action)
+
+
 def load(args: argparse.Namespace, *, require_targets: bool = True) -> Settings:
-    return load_settings(env_file=args.env_file, require_targets=require_targets)
+    settings = load_settings(env_file=args.env_file, require_targets=require_targets)
+    _loaded_db_url.append(settings.state_db_url)
+    for warning in settings.warnings:  # a misspelled setting: said once, on stderr
+        _error(f"warning: {warning}", priority="<4>")
+    return settings
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -109,13 +190,55 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _dispatch(args)
     except ConfigError as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
+        for problem in exc.problems:
+            _error(f"configuration error: {problem}")
+        for warning in exc.warnings:
+            _error(f"warning: {warning}", priority="<4>")
         return EX_CONFIG
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C: the shell's convention, no traceback
+        _error("interrupted")
         return 130
     except BrokenPipeError:  # `ivanti-xmatters explain 123 | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except Exception as exc:
+        known = _outage(exc)
+        if known is None:
+            raise  # a bug: the traceback is what a report needs
+        _error(known[0])
+        return known[1]
+
+
+def _error(line: str, *, priority: str = "<3>") -> None:
+    """One line on stderr; with its journal priority (error) when stderr is the journal."""
+    prefix = priority if is_journal_stream(sys.stderr) else ""
+    print(prefix + redact(line), file=sys.stderr)
+
+
+_loaded_db_url: list[str] = []  # the state DB of the settings loaded, for error messages
+
+
+def _outage(exc: Exception) -> tuple[str, int] | None:
+    """One line and an exit code for a state DB that cannot be used, else None."""
+    from sqlalchemy.exc import DBAPIError
+
+    if not isinstance(exc, DBAPIError):
+        return None
+    detail = " ".join(str(exc.orig).split()) or type(exc.orig).__name__
+    url = _loaded_db_url[-1] if _loaded_db_url else "IXM_STATE_DB"
+    if url.startswith("sqlite:") and "unable to open database file" in detail:
+        path = url.split(":///", 1)[-1]
+        return (
+            f"configuration error: the state DB {path} cannot be opened ({detail}); create "
+            "its directory and make it writable by the daemon's user, or point IXM_STATE_DB "
+            "elsewhere",
+            EX_CONFIG,
+        )
+    return (
+        f"the state DB {hide_url_password(url)} cannot be used ({detail}); check that the "
+        "database server is up and IXM_STATE_DB is right, then start again",
+        EX_UNAVAILABLE,
+    )
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -138,9 +261,27 @@ def _dispatch(args: argparse.Namespace) -> int:
         )
     if cmd == "db":
         return _db(args)
+    if cmd == "completion":
+        from daemon.completion import script
+
+        sys.stdout.write(script(args.shell, _parser()))
+        return 0
+    if cmd in _SHIPPED:
+        try:
+            sys.stdout.write(shipped_file(cmd).read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            _error(str(exc))
+            return 1
+        return 0
     if cmd in ("run", "once"):
         settings = load(args)
-        setup_logging(settings.ops.log_level)
+        # `run` logs to stdout (the journal under systemd); `once` prints its report on
+        # stdout, so its logs go to stderr and `once --json | jq` reads JSON only.
+        setup_logging(
+            settings.ops.log_level,
+            sys.stdout if cmd == "run" else sys.stderr,
+            fmt=settings.ops.log_format,
+        )
         from daemon.lease import EX_TEMPFAIL, AlreadyRunning, hold_instance
 
         try:  # one daemon per SQLite state DB; `once --dry-run` writes nothing, needs no lock
@@ -201,34 +342,69 @@ def _once(settings: Settings, *, dry_run: bool, as_json: bool) -> int:
             )
             return EX_TEMPFAIL
         report = service.cycle(dry_run=dry_run)
+        numbers = _incident_numbers(report, service)
     finally:
         service.close()
     if as_json:
-        out = _report_dict(report, dry_run)
+        out = _report_dict(report, dry_run, numbers)
         if dry_run:
             out["state_db"] = service.dry_run_note
         print(json.dumps(out, indent=2))
     else:
         if dry_run:
             print(f"state DB: {service.dry_run_note}")
-        _print_report(report, dry_run)
+        _print_report(report, dry_run, numbers)
     return 0 if report.ok else 1
 
 
-def _report_dict(report: CycleReport, dry_run: bool) -> dict[str, Any]:
+def _incident_numbers(report: CycleReport, service: Any) -> dict[str, int]:
+    """RecId -> IncidentNumber for the report: people know incidents by number."""
+    numbers: dict[str, int] = {}
     poll = report.poll
+    if poll is None:
+        return numbers
+    for action in poll.actions:
+        workflow = action.payload.get("workflow")
+        number = workflow.get("IncidentID") if isinstance(workflow, dict) else None
+        if isinstance(number, str | int) and str(number).isdigit():
+            numbers[action.rec_id] = int(number)
+    missing = {t.rec_id for t in poll.transitions} - set(numbers)
+    if missing:
+        with service.store.unit(rollback=True) as u:
+            for rec_id in missing:
+                row = u.incident(rec_id)
+                if row is not None:
+                    numbers[rec_id] = int(row.incident_number)
+    return numbers
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}" + ("" if count == 1 else "s")
+
+
+def _report_dict(
+    report: CycleReport, dry_run: bool, numbers: dict[str, int] | None = None
+) -> dict[str, Any]:
+    poll = report.poll
+    numbers = numbers or {}
     return {
         "ok": report.ok,
         "dry_run": dry_run,
         "error": report.error,
         "poll": poll.summary() if poll else None,
         "transitions": [
-            {"kind": t.kind.value, "rec_id": t.rec_id, "reason": t.reason}
+            {
+                "kind": t.kind.value,
+                "incident": numbers.get(t.rec_id),
+                "rec_id": t.rec_id,
+                "reason": t.reason,
+            }
             for t in (poll.transitions if poll else [])
         ],
         "actions": [
             {
                 "kind": a.kind.value,
+                "incident": numbers.get(a.rec_id),
                 "rec_id": a.rec_id,
                 "payload": dict(a.payload),
                 "reason": a.reason,
@@ -242,21 +418,27 @@ def _report_dict(report: CycleReport, dry_run: bool) -> dict[str, Any]:
     }
 
 
-def _print_report(report: CycleReport, dry_run: bool) -> None:
-    d = _report_dict(report, dry_run)
+def _who(item: dict[str, Any]) -> str:
+    """``INC 10002``; the RecId only for an incident whose number is not known."""
+    return f"INC {item['incident']}" if item.get("incident") is not None else item["rec_id"]
+
+
+def _print_report(report: CycleReport, dry_run: bool, numbers: dict[str, int]) -> None:
+    d = _report_dict(report, dry_run, numbers)
     poll = d["poll"] or {}
     head = "dry run (nothing sent, nothing written)" if dry_run else "cycle"
     print(
-        f"{head}: {poll.get('kind', 'poll')} read {poll.get('rows', 0)} rows in "
-        f"{poll.get('requests', 0)} requests, {poll.get('changes', 0)} changes, "
-        f"{poll.get('transitions', 0)} transitions"
+        f"{head}: {poll.get('kind', 'poll')} read {_plural(poll.get('rows', 0), 'row')} in "
+        f"{_plural(poll.get('requests', 0), 'request')}, "
+        f"{_plural(poll.get('changes', 0), 'change')}, "
+        f"{_plural(poll.get('transitions', 0), 'transition')}"
     )
     for t in d["transitions"]:
-        print(f"  transition {t['kind']:<18} {t['rec_id']}  {t['reason']}")
+        print(f"  transition {t['kind']:<18} {_who(t)}  {t['reason']}")
     for a in d["actions"]:
         verb = "would send" if dry_run else "queued"
         print(
-            f"  {verb} {a['kind']:<9} {a['rec_id']}  {json.dumps(a['payload'].get('workflow', a['payload']))}"
+            f"  {verb} {a['kind']:<9} {_who(a)}  {json.dumps(a['payload'].get('workflow', a['payload']))}"
         )
     if not dry_run:
         print(

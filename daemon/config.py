@@ -24,6 +24,8 @@ Everything else is validated as usual.
 
 from __future__ import annotations
 
+import difflib
+import functools
 import ipaddress
 import math
 import os
@@ -49,6 +51,70 @@ SECRET_NAMES: tuple[str, ...] = (
     "XMATTERS_FORM_TRIGGER_URL",
 )
 
+# Every setting the daemon reads (``<SECRET>_FILE`` variants are added below); any other
+# IXM_/IVANTI_/XMATTERS_ name in the environment or the settings file is warned about.
+SETTING_NAMES: tuple[str, ...] = (
+    "IVANTI_BASE_URL",
+    "IVANTI_TENANT",
+    "IVANTI_API_KEY",
+    "IVANTI_USERNAME",
+    "IVANTI_PASSWORD",
+    "IVANTI_ROLE",
+    "IVANTI_TIMEOUT",
+    "IVANTI_SCOPE_FILTER",
+    "IVANTI_EXTRA_FIELDS",
+    "XMATTERS_BASE_URL",
+    "XMATTERS_TRIGGER_URL",
+    "XMATTERS_FORM_TRIGGER_URL",
+    "XMATTERS_USERNAME",
+    "XMATTERS_PASSWORD",
+    "XMATTERS_API_KEY",
+    "XMATTERS_API_SECRET",
+    "XMATTERS_OAUTH_CLIENT_ID",
+    "XMATTERS_MODE",
+    "XMATTERS_RESPONSES_USER",
+    "XMATTERS_RESPONSES_GROUP",
+    "XMATTERS_NOTES_PREFIX",
+    "XMATTERS_RECID_PROPERTY",
+    "XMATTERS_EVENT_PRIORITY",
+    "XMATTERS_TIMEOUT",
+    "XMATTERS_RATE_LIMIT",
+    "XMATTERS_FLOOD_LIMIT",
+    "IXM_CRITICAL_PRIORITIES",
+    "IXM_STATUS_RESOLVED",
+    "IXM_STATUS_CLOSED",
+    "IXM_STATUS_CANCELED",
+    "IXM_POLL_INTERVAL",
+    "IXM_OVERLAP",
+    "IXM_RECONCILE_INTERVAL",
+    "IXM_PAGE_SIZE",
+    "IXM_BASELINE_PAGE_CRITICAL",
+    "IXM_DELIVERY_INTERVAL",
+    "IXM_MAX_ATTEMPTS",
+    "IXM_MAX_AGE",
+    "IXM_BACKOFF_BASE",
+    "IXM_BACKOFF_MAX",
+    "IXM_WRITEBACK",
+    "IXM_WRITEBACK_INTERVAL",
+    "IXM_WRITEBACK_GRACE",
+    "IXM_DELIVERY_NOTES",
+    "IXM_RESPONSE_ACTIONS",
+    "IXM_USER_MAP",
+    "IXM_NOTE_MAX_CHARS",
+    "IXM_WRITEBACK_CONCURRENCY",
+    "IXM_QUIET_POLL_EVERY",
+    "IXM_STATE_DB",
+    "IXM_LOG_LEVEL",
+    "IXM_LOG_FORMAT",
+    "IXM_METRICS_PORT",
+    "IXM_METRICS_ADDR",
+    "IXM_DEADMAN",
+)
+# Read by the tooling around the daemon, not by it: not warned about.
+_TOOLING_NAMES = frozenset({"IXM_VENV", "IXM_SOAK_SEED"})
+_KNOWN_NAMES = frozenset(SETTING_NAMES) | {f"{n}_FILE" for n in SECRET_NAMES} | _TOOLING_NAMES
+_SETTING_PREFIXES = ("IXM_", "IVANTI_", "XMATTERS_")
+
 XMattersAuth = Literal["none", "basic", "apikey", "oauth"]
 XMattersMode = Literal["workflow", "direct"]
 DeliveryNotes = Literal["all", "failures", "summary"]
@@ -67,10 +133,20 @@ _SCOPE_EXAMPLE = "OwnerTeam eq 'Network Operations' or OwnerTeam eq 'Database Te
 
 
 class ConfigError(Exception):
-    """A setting is missing or wrong. ``str()`` is one line: the setting, the problem, the fix."""
+    """A setting is missing or wrong. ``str()`` is one line: the setting, the problem, the fix.
 
-    def __init__(self, message: str) -> None:
-        super().__init__(" ".join(message.split()))
+    ``load_settings`` reports every problem it finds in one go: ``problems`` holds one line
+    each (``str()`` is the first, with a count of the others), ``warnings`` the unknown
+    settings noticed on the way (see ``unknown_settings``).
+    """
+
+    def __init__(
+        self, message: str, *, problems: Iterable[str] = (), warnings: Iterable[str] = ()
+    ) -> None:
+        text = " ".join(message.split())
+        self.problems: tuple[str, ...] = tuple(problems) or (text,)
+        self.warnings: tuple[str, ...] = tuple(warnings)
+        super().__init__(text)
 
 
 # --------------------------------------------------------------------------- the settings
@@ -186,6 +262,7 @@ class WritebackSettings:
 @dataclass(frozen=True, slots=True)
 class OpsSettings:
     log_level: str = "INFO"
+    log_format: str = "logfmt"  # or "json"
     metrics_port: int | None = None
     metrics_addr: str = "127.0.0.1"
     deadman: float = 600.0
@@ -210,6 +287,8 @@ class Settings:
     secret_sources: Mapping[str, str] = field(
         default_factory=lambda: MappingProxyType({}), repr=False
     )
+    # unknown IXM_/IVANTI_/XMATTERS_ names seen, one line each (see unknown_settings)
+    warnings: tuple[str, ...] = ()
 
     def describe(self) -> list[tuple[str, str]]:
         """Every effective setting as (VARIABLE, shown value) for ``check``; secrets masked."""
@@ -325,8 +404,9 @@ class Settings:
             ("IXM_QUIET_POLL_EVERY", _show(wb.quiet_poll_every)),
             ("IXM_WORKFLOW_WRITEBACK", wb.workflow_writeback),
             ("IXM_WORKFLOW_WRITEBACK_WAIT", _show(wb.workflow_writeback_wait)),
-            ("IXM_STATE_DB", _hide_url_password(self.state_db_url)),
+            ("IXM_STATE_DB", hide_url_password(self.state_db_url)),
             ("IXM_LOG_LEVEL", op.log_level),
+            ("IXM_LOG_FORMAT", op.log_format),
             ("IXM_METRICS_PORT", "(disabled)" if op.metrics_port is None else str(op.metrics_port)),
             ("IXM_METRICS_ADDR", op.metrics_addr),
             ("IXM_DEADMAN", _show(op.deadman)),
@@ -351,7 +431,7 @@ def _fmt_number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else repr(value)
 
 
-def _hide_url_password(url: str) -> str:
+def hide_url_password(url: str) -> str:
     parts = urlsplit(url)
     if parts.password is None:
         return url
@@ -375,12 +455,47 @@ def _quote(value: str) -> str:
     return repr(value if len(value) <= 80 else value[:77] + "...")
 
 
+_Accessor = TypeVar("_Accessor", bound=Callable[..., object])
+
+
+def _collecting(accessor: _Accessor) -> _Accessor:
+    """A typed ``_Env`` accessor ``(name, default, ...)`` that records a refused value and
+    returns the default instead of raising."""
+
+    @functools.wraps(accessor)
+    def wrapper(self: _Env, name: str, default: object, *args: object, **kwargs: object) -> object:
+        try:
+            return accessor(self, name, default, *args, **kwargs)
+        except ConfigError as exc:
+            self.errors.extend(exc.problems)
+            self.failed.add(name)
+            return default
+
+    return wrapper  # type: ignore[return-value]
+
+
 class _Env:
     """The merged variables, with typed accessors that raise one-line ``ConfigError``s."""
 
     def __init__(self, values: Mapping[str, str]) -> None:
         self._values = values
         self.secret_sources: dict[str, str] = {}
+        self.errors: list[str] = []  # every problem found, in order (load_settings raises)
+        self.failed: set[str] = set()  # settings whose value was refused
+
+    def attempt(self, work: Callable[[], _T], fallback: _T, *names: str) -> _T:
+        """``work()``, or ``fallback`` with its ``ConfigError`` recorded, so loading goes on
+        and every problem is reported in one run."""
+        try:
+            return work()
+        except ConfigError as exc:
+            self.errors.extend(exc.problems)
+            self.failed.update(names)
+            return fallback
+
+    def ok(self, *names: str) -> bool:
+        """None of ``names`` was refused (cross-checks on a refused value would mislead)."""
+        return not self.failed.intersection(names)
 
     def raw(self, name: str) -> str | None:
         """The value with surrounding blanks removed; empty counts as unset."""
@@ -442,6 +557,7 @@ class _Env:
 
     # -- numbers and words
 
+    @_collecting
     def seconds(self, name: str, default: float, *, lo: float, hi: float | None = None) -> float:
         """A duration: plain seconds, or with a unit suffix s/m/h/d (``90s``, ``5m``, ``1d``)."""
         raw = self.raw(name)
@@ -456,6 +572,7 @@ class _Env:
         _check_range(name, raw, value, lo, hi, default, unit=" s")
         return value
 
+    @_collecting
     def integer(
         self, name: str, default: int, *, lo: int, hi: int | None = None, why: str = ""
     ) -> int:
@@ -471,6 +588,7 @@ class _Env:
         _check_range(name, raw, value, lo, hi, default, why=why)
         return value
 
+    @_collecting
     def decimal(self, name: str, default: float, *, lo: float) -> float:
         raw = self.raw(name)
         if raw is None:
@@ -486,6 +604,7 @@ class _Env:
         _check_range(name, raw, value, lo, None, default)
         return value
 
+    @_collecting
     def boolean(self, name: str, default: bool) -> bool:
         raw = self.raw(name)
         if raw is None:
@@ -500,6 +619,7 @@ class _Env:
             "(1/0, yes/no and on/off also work)"
         )
 
+    @_collecting
     def choice(self, name: str, default: str, choices: Iterable[str]) -> str:
         raw = self.raw(name)
         if raw is None:
@@ -612,11 +732,13 @@ def _reject_api_path(name: str, url: str, example: str) -> None:
 
 
 def _load_ivanti(env: _Env) -> IvantiSettings:
-    base_url = _ivanti_base_url(env)
-    api_key, username, password = _ivanti_auth(env)
+    """Each part is checked even when another failed (the errors are collected)."""
+    base_url = env.attempt(lambda: _ivanti_base_url(env), "", "IVANTI_BASE_URL")
+    no_auth: tuple[str | None, str | None, str | None] = (None, None, None)
+    api_key, username, password = env.attempt(lambda: _ivanti_auth(env), no_auth)
     scope = env.text("IVANTI_SCOPE_FILTER", "")
     if scope:
-        validate_scope_filter(scope)
+        env.attempt(lambda: validate_scope_filter(scope), None, "IVANTI_SCOPE_FILTER")
     return IvantiSettings(
         base_url=base_url,
         tenant=env.text("IVANTI_TENANT", urlsplit(base_url).hostname or ""),
@@ -626,7 +748,7 @@ def _load_ivanti(env: _Env) -> IvantiSettings:
         role=env.text("IVANTI_ROLE", "Admin"),
         timeout=env.seconds("IVANTI_TIMEOUT", 30.0, lo=0.1),
         scope_filter=scope,
-        extra_fields=_extra_fields(env),
+        extra_fields=env.attempt(lambda: _extra_fields(env), (), "IVANTI_EXTRA_FIELDS"),
     )
 
 
@@ -768,22 +890,30 @@ def _children(node: object) -> list[object]:
 
 
 def _load_xmatters(env: _Env) -> XMattersSettings:
-    base_url = _xmatters_base_url(env)
-    trigger = env.secret("XMATTERS_TRIGGER_URL")
-    if trigger is None:
-        raise ConfigError(
-            "XMATTERS_TRIGGER_URL is not set; set it to the full URL of the workflow's HTTP "
-            "trigger, e.g. https://acme.xmatters.com/api/integration/1/functions/<id>/triggers"
-        )
-    trigger_url = _trigger_url("XMATTERS_TRIGGER_URL", trigger, base_url)
-    form = env.secret("XMATTERS_FORM_TRIGGER_URL")
-    form_url = _trigger_url("XMATTERS_FORM_TRIGGER_URL", form, base_url) if form else trigger_url
-    auth, username, password, client_id = _xmatters_auth(env, base_url)
+    """Each part is checked even when another failed (the errors are collected)."""
+    base_url = env.attempt(lambda: _xmatters_base_url(env), None, "XMATTERS_BASE_URL")
+    trigger_url = env.attempt(lambda: _xmatters_trigger(env, base_url), "", "XMATTERS_TRIGGER_URL")
+
+    def form_trigger() -> str:
+        form = env.secret("XMATTERS_FORM_TRIGGER_URL")
+        return _trigger_url("XMATTERS_FORM_TRIGGER_URL", form, base_url) if form else trigger_url
+
+    form_url = env.attempt(form_trigger, trigger_url, "XMATTERS_FORM_TRIGGER_URL")
+    no_auth: tuple[str, str | None, str | None, str | None] = ("none", None, None, None)
+    auth, username, password, client_id = env.attempt(
+        lambda: _xmatters_auth(env, base_url), no_auth
+    )
     mode = env.choice("XMATTERS_MODE", "workflow", ("workflow", "direct"))
-    user_opts = _uuids(env, "XMATTERS_RESPONSES_USER")
-    group_opts = _uuids(env, "XMATTERS_RESPONSES_GROUP")
-    if mode == "direct":
-        _check_direct_mode(base_url, user_opts, group_opts)
+    none: tuple[str, ...] = ()
+    user_opts = env.attempt(
+        lambda: _uuids(env, "XMATTERS_RESPONSES_USER"), none, "XMATTERS_RESPONSES_USER"
+    )
+    group_opts = env.attempt(
+        lambda: _uuids(env, "XMATTERS_RESPONSES_GROUP"), none, "XMATTERS_RESPONSES_GROUP"
+    )
+    checked = ("XMATTERS_BASE_URL", "XMATTERS_RESPONSES_USER", "XMATTERS_RESPONSES_GROUP")
+    if mode == "direct" and env.ok(*checked):
+        env.attempt(lambda: _check_direct_mode(base_url, user_opts, group_opts), None)
     return XMattersSettings(
         trigger_url=trigger_url,
         base_url=base_url,
@@ -804,6 +934,16 @@ def _load_xmatters(env: _Env) -> XMattersSettings:
         rate_limit_per_s=env.decimal("XMATTERS_RATE_LIMIT", 100.0, lo=0.01),
         flood_limit_per_min=env.integer("XMATTERS_FLOOD_LIMIT", 4, lo=1),
     )
+
+
+def _xmatters_trigger(env: _Env, base_url: str | None) -> str:
+    trigger = env.secret("XMATTERS_TRIGGER_URL")
+    if trigger is None:
+        raise ConfigError(
+            "XMATTERS_TRIGGER_URL is not set; set it to the full URL of the workflow's HTTP "
+            "trigger, e.g. https://acme.xmatters.com/api/integration/1/functions/<id>/triggers"
+        )
+    return _trigger_url("XMATTERS_TRIGGER_URL", trigger, base_url)
 
 
 def _xmatters_base_url(env: _Env) -> str | None:
@@ -926,28 +1066,69 @@ def _check_direct_mode(
 # --------------------------------------------------------------------------- policy, runtime
 
 
+# Ivanti's standard open statuses: listing one as terminal would end every incident at once
+_OPEN_STATUSES = ("Logged", "Active")
+
+
 def _load_policy(env: _Env) -> Policy:
-    critical = env.items("IXM_CRITICAL_PRIORITIES", "1,2")
-    if not critical:
-        raise ConfigError(
-            "IXM_CRITICAL_PRIORITIES lists no priority, so nothing would ever page; "
-            "set it to e.g. 1,2"
+    default_critical: tuple[str, ...] = ("1", "2")
+    critical = env.attempt(
+        lambda: _critical_priorities(env), default_critical, "IXM_CRITICAL_PRIORITIES"
+    )
+    classes: dict[str, frozenset[str]] = {}
+    for name, default in (
+        ("IXM_STATUS_RESOLVED", "Resolved"),
+        ("IXM_STATUS_CLOSED", "Closed"),
+        ("IXM_STATUS_CANCELED", "Canceled,Cancelled"),
+    ):
+        empty: frozenset[str] = frozenset()
+        classes[name] = env.attempt(
+            functools.partial(_status_class, env, name, default),
+            empty,
+            name,
         )
-    classes = {
-        name: frozenset(s.casefold() for s in env.items(name, default))
-        for name, default in (
-            ("IXM_STATUS_RESOLVED", "Resolved"),
-            ("IXM_STATUS_CLOSED", "Closed"),
-            ("IXM_STATUS_CANCELED", "Canceled,Cancelled"),
-        )
-    }
-    _check_status_overlap(classes)
+    env.attempt(lambda: _check_status_overlap(classes), None)
     return Policy(
         critical_priorities=frozenset(critical),
         resolved_statuses=classes["IXM_STATUS_RESOLVED"],
         closed_statuses=classes["IXM_STATUS_CLOSED"],
         canceled_statuses=classes["IXM_STATUS_CANCELED"],
     )
+
+
+def _critical_priorities(env: _Env) -> tuple[str, ...]:
+    """Ivanti's Priority is a number held as text, "1" (highest) to "5" (ivanti-api.md):
+    anything else never matches an incident, so nothing would ever page."""
+    critical = env.items("IXM_CRITICAL_PRIORITIES", "1,2")
+    if not critical:
+        raise ConfigError(
+            "IXM_CRITICAL_PRIORITIES lists no priority, so nothing would ever page; "
+            "set it to e.g. 1,2"
+        )
+    for item in critical:
+        if not item.isdigit() or int(item) < 1:
+            raise ConfigError(
+                f"IXM_CRITICAL_PRIORITIES entry {_quote(item)} is not an Ivanti priority "
+                "(Ivanti's Priority is a number, 1 the highest, 1 to 5 on a standard tenant), "
+                "so it would never page; set it to e.g. 1,2"
+            )
+    return critical
+
+
+def _status_class(env: _Env, name: str, default: str) -> frozenset[str]:
+    statuses = env.items(name, default)
+    if not statuses:
+        raise ConfigError(
+            f"{name} lists no status, so no incident would ever count as that; "
+            f"set it to e.g. {default} (or unset it for the default)"
+        )
+    for status in statuses:
+        if status.casefold() in (s.casefold() for s in _OPEN_STATUSES):
+            raise ConfigError(
+                f"{name} lists {status!r}, the status of every open incident, so every "
+                f"incident would end at once; remove it (e.g. {name}={default})"
+            )
+    return frozenset(s.casefold() for s in statuses)
 
 
 def _check_status_overlap(classes: Mapping[str, frozenset[str]]) -> None:
@@ -978,8 +1159,8 @@ def _load_poll(env: _Env) -> PollSettings:
 def _load_delivery(env: _Env) -> DeliverySettings:
     base = env.decimal("IXM_BACKOFF_BASE", 2.0, lo=0.01)
     maximum = env.decimal("IXM_BACKOFF_MAX", 600.0, lo=0.01)
-    if maximum < base:
-        raise ConfigError(
+    if maximum < base and env.ok("IXM_BACKOFF_BASE", "IXM_BACKOFF_MAX"):
+        env.errors.append(
             f"IXM_BACKOFF_MAX={_fmt_number(maximum)} is below IXM_BACKOFF_BASE="
             f"{_fmt_number(base)}; raise IXM_BACKOFF_MAX, e.g. to 600"
         )
@@ -995,13 +1176,13 @@ def _load_delivery(env: _Env) -> DeliverySettings:
 
 def _load_writeback(env: _Env, rest_available: bool, check_target: bool) -> WritebackSettings:
     enabled = env.boolean("IXM_WRITEBACK", rest_available)
-    if enabled and check_target and not rest_available:
-        raise ConfigError(
+    if enabled and check_target and not rest_available and env.ok("XMATTERS_BASE_URL"):
+        env.errors.append(
             "IXM_WRITEBACK is on but XMATTERS_BASE_URL is not set, and write-back reads "
             "responses through the xMatters REST API; set XMATTERS_BASE_URL or IXM_WRITEBACK=false"
         )
     actions = env.text("IXM_RESPONSE_ACTIONS", "")
-    _check_response_actions(actions)
+    env.attempt(lambda: _check_response_actions(actions), None, "IXM_RESPONSE_ACTIONS")
     return WritebackSettings(
         enabled=enabled,
         interval=env.seconds("IXM_WRITEBACK_INTERVAL", 2.0, lo=0.01),
@@ -1010,7 +1191,7 @@ def _load_writeback(env: _Env, rest_available: bool, check_target: bool) -> Writ
             "IXM_DELIVERY_NOTES", "all", ("all", "failures", "summary")
         ),
         response_actions=actions,
-        user_map=MappingProxyType(_user_map(env)),
+        user_map=MappingProxyType(env.attempt(lambda: _user_map(env), {}, "IXM_USER_MAP")),
         note_max_chars=env.integer("IXM_NOTE_MAX_CHARS", 4000, lo=100),
         concurrency=env.integer("IXM_WRITEBACK_CONCURRENCY", 8, lo=1, hi=64),
         quiet_poll_every=env.integer("IXM_QUIET_POLL_EVERY", 4, lo=1),
@@ -1055,8 +1236,8 @@ def _user_map(env: _Env) -> dict[str, str]:
 
 def _load_ops(env: _Env, poll_interval: float) -> OpsSettings:
     deadman = env.seconds("IXM_DEADMAN", 600.0, lo=1.0)
-    if deadman <= poll_interval:
-        raise ConfigError(
+    if deadman <= poll_interval and env.ok("IXM_DEADMAN", "IXM_POLL_INTERVAL"):
+        env.errors.append(
             f"IXM_DEADMAN={_fmt_number(deadman)} must exceed IXM_POLL_INTERVAL="
             f"{_fmt_number(poll_interval)}, or every poll would look late; "
             "set it to several poll intervals, e.g. 600"
@@ -1066,8 +1247,9 @@ def _load_ops(env: _Env, poll_interval: float) -> OpsSettings:
         port = env.integer("IXM_METRICS_PORT", 9464, lo=1, hi=65535)
     return OpsSettings(
         log_level=env.choice("IXM_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
+        log_format=env.choice("IXM_LOG_FORMAT", "logfmt", ("logfmt", "json")),
         metrics_port=port,
-        metrics_addr=_metrics_addr(env),
+        metrics_addr=env.attempt(lambda: _metrics_addr(env), "127.0.0.1", "IXM_METRICS_ADDR"),
         deadman=deadman,
         lease_ttl=env.seconds("IXM_LEASE_TTL", poll_interval, lo=1.0, hi=3600.0),
     )
@@ -1094,6 +1276,7 @@ def _state_db_url(env: _Env) -> str:
         password = urlsplit(raw).password
         if password:
             _register_secret(password)
+        _check_db_driver(raw)
         return raw
     if raw is not None:
         path = Path(raw).expanduser()
@@ -1102,6 +1285,55 @@ def _state_db_url(env: _Env) -> str:
         base = Path(state_dirs[0]) if state_dirs else Path.cwd()
         path = base / "ivanti-xmatters.db"
     return f"sqlite:///{path.absolute()}"
+
+
+# The pip package for a DB driver module SQLAlchemy names, for the fix in the error.
+_DRIVER_PACKAGES = {
+    "psycopg": "psycopg[binary]",
+    "psycopg2": "psycopg2-binary",
+    "MySQLdb": "mysqlclient",
+    "pymysql": "PyMySQL",
+    "pyodbc": "pyodbc",
+    "oracledb": "oracledb",
+    "asyncpg": "asyncpg",
+}
+
+
+def _check_db_driver(url: str) -> None:
+    """The URL parses, SQLAlchemy knows its dialect, and the driver module is installed.
+
+    Checked here so ``postgresql://...`` without psycopg is a configuration error at
+    start-up (exit 78), not an ImportError traceback from the first connection.
+    """
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    shown = _quote(hide_url_password(url))
+    try:
+        parsed = make_url(url)
+        dialect = parsed.get_dialect()
+    except NoSuchModuleError:
+        scheme = url.split("://", 1)[0]
+        raise ConfigError(
+            f"IXM_STATE_DB={shown} names the database kind {scheme!r}, which SQLAlchemy does "
+            "not know; use a file path (SQLite, the default) or e.g. "
+            "postgresql+psycopg://user@host/db"
+        ) from None
+    except (ArgumentError, ValueError):
+        raise ConfigError(
+            f"IXM_STATE_DB={shown} is not a database URL; use a file path (SQLite) or "
+            "e.g. postgresql+psycopg://user@host/db"
+        ) from None
+    try:
+        dialect.import_dbapi()
+    except ImportError as exc:
+        module = (exc.name or getattr(dialect, "driver", "") or "its driver").split(".")[0]
+        package = _DRIVER_PACKAGES.get(module, module)
+        raise ConfigError(
+            f"IXM_STATE_DB={shown} needs the Python module {module}, which is not installed; "
+            f"install it into the daemon's environment (pip install '{package}') or use a "
+            "file path (SQLite, the default)"
+        ) from None
 
 
 # --------------------------------------------------------------------------- entry point
@@ -1133,13 +1365,34 @@ def _merged_environment(
     return merged
 
 
+def unknown_settings(names: Iterable[str]) -> list[str]:
+    """A warning line for each IXM_/IVANTI_/XMATTERS_ name the daemon does not read, with
+    the closest known one (``IXM_POLL_INTERVALL``: did you mean ``IXM_POLL_INTERVAL``?)."""
+    known = sorted(_KNOWN_NAMES - _TOOLING_NAMES)
+    lines: list[str] = []
+    for name in sorted(set(names)):
+        if not name.startswith(_SETTING_PREFIXES) or name in _KNOWN_NAMES:
+            continue
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]}?" if close else "see .env.example for the settings"
+        lines.append(f"{name} is not a setting and is ignored; {hint}")
+    return lines
+
+
 def _optional_section(loader: Callable[[_Env], _T], env: _Env, required: bool) -> _T | None:
+    """``required=False``: the section is loaded only if it is complete and valid, and its
+    problems are not reported (commands that only read the state DB do not need it)."""
     if required:
-        return loader(env)
+        return env.attempt(lambda: loader(env), None)
+    errors, failed = list(env.errors), set(env.failed)
     try:
-        return loader(env)
+        section = loader(env)
     except ConfigError:
-        return None
+        section = None
+    if len(env.errors) > len(errors):
+        section = None
+    env.errors[:], env.failed = errors, failed
+    return section
 
 
 def load_settings(
@@ -1148,22 +1401,34 @@ def load_settings(
     env_file: str | Path | None = None,
     require_targets: bool = True,
 ) -> Settings:
-    """Read and validate everything; the first problem raises ``ConfigError`` (one line).
+    """Read and validate everything; problems raise one ``ConfigError`` listing them all
+    (``problems``, one line each) and the unknown settings seen (``warnings``).
 
     ``environ`` defaults to ``os.environ``; ``env_file`` to ``./.env`` (silently skipped when
     absent, an error when given explicitly and absent).
     """
-    env = _Env(_merged_environment(environ, env_file))
+    merged = _merged_environment(environ, env_file)
+    env = _Env(merged)
+    warnings = tuple(unknown_settings(merged))
     ivanti = _optional_section(_load_ivanti, env, require_targets)
     xmatters = _optional_section(_load_xmatters, env, require_targets)
-    policy = _load_policy(env)
+    policy = env.attempt(lambda: _load_policy(env), Policy())
     poll = _load_poll(env)
-    delivery = _load_delivery(env)
+    delivery = env.attempt(lambda: _load_delivery(env), DeliverySettings())
     rest_available = (
         xmatters.base_url is not None if xmatters else env.raw("XMATTERS_BASE_URL") is not None
     )
-    writeback = _load_writeback(env, rest_available, check_target=require_targets)
-    ops = _load_ops(env, poll.interval)
+    writeback = env.attempt(
+        lambda: _load_writeback(env, rest_available, check_target=require_targets),
+        WritebackSettings(),
+    )
+    ops = env.attempt(lambda: _load_ops(env, poll.interval), OpsSettings())
+    state_db_url = env.attempt(lambda: _state_db_url(env), "sqlite://", "IXM_STATE_DB")
+    if env.errors:
+        first, more = env.errors[0], len(env.errors) - 1
+        summary = first if not more else f"{first} (and {more} more problem{'s' * (more > 1)})"
+        raise ConfigError(summary, problems=env.errors, warnings=warnings)
+    assert ivanti is not None or not require_targets
     return Settings(
         ivanti=ivanti,
         xmatters=xmatters,
@@ -1172,6 +1437,7 @@ def load_settings(
         delivery=delivery,
         writeback=writeback,
         ops=ops,
-        state_db_url=_state_db_url(env),
+        state_db_url=state_db_url,
         secret_sources=MappingProxyType(dict(env.secret_sources)),
+        warnings=warnings,
     )

@@ -5,7 +5,14 @@ journald (and ``journalctl -o cat``) splits on newlines, so a line must stay one
 when a field carries a multi-line API error body or a traceback: values are quoted when they
 hold blanks, quotes or ``=``, and control characters are escaped (``\\n``, ``\\t``, ``\\x1b``).
 No timestamps by default because journald stamps every line; pass ``timestamps=True`` when
-writing somewhere that does not.
+writing somewhere that does not. ``IXM_LOG_FORMAT=json`` writes one JSON object a line instead
+(``{"level": "info", "logger": "daemon.poller", "msg": "poll done", "rows": 3, ...}``) for log
+shippers.
+
+When the stream is the journal (systemd sets ``JOURNAL_STREAM=<dev>:<inode>`` and the stream's
+``fstat`` matches it), every line starts with the syslog priority prefix journald understands
+(``<3>`` error, ``<4>`` warning, ``<6>`` info, ``<7>`` debug), so ``journalctl -p err`` shows
+the errors. Anywhere else (a terminal, a pipe, a file) lines carry no prefix.
 
 What the levels mean, so an operator can pick ``IXM_LOG_LEVEL`` and alert on ``ERROR``:
 
@@ -24,15 +31,27 @@ inside structured fields or tracebacks are caught too, not just those in the mes
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, date, datetime
-from typing import TextIO
+from typing import Literal, TextIO
 
 FIELDS_ATTR = "fields"  # LogRecord attribute holding the key=value fields of an event
 _LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_FORMATS = ("logfmt", "json")
+LogFormat = Literal["logfmt", "json"]
+# syslog priorities (sd-daemon(3)): what journald files a line under when it starts with <N>
+_SYSLOG_PRIORITY = {
+    logging.CRITICAL: 2,
+    logging.ERROR: 3,
+    logging.WARNING: 4,
+    logging.INFO: 6,
+    logging.DEBUG: 7,
+}
 _KEY_JUNK = re.compile(r"[^A-Za-z0-9_.\-]")
 _SIMPLE_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 # Chatty third-party loggers: per-request INFO from httpx duplicates our own DEBUG lines (and
@@ -104,6 +123,87 @@ class KeyValueFormatter(logging.Formatter):
         return " ".join(parts)
 
 
+def _json_value(value: object) -> object:
+    if value is None or isinstance(value, bool | int | float):
+        return value if not isinstance(value, float) or value == value else str(value)
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    return str(value)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ``level``, ``logger``, ``msg``, the event's fields, ``exc``.
+
+    A field named like a fixed key (``level``, ``msg``...) is kept as ``field_<name>`` rather
+    than overwriting it. String values are redacted before encoding, so a secret holding a
+    quote or a backslash (escaped differently in JSON) is caught too.
+    """
+
+    _FIXED = ("ts", "level", "logger", "msg", "exc", "stack")
+
+    def __init__(self, *, timestamps: bool = False) -> None:
+        super().__init__()
+        self.timestamps = timestamps
+        self._redact = _redact_function()
+
+    def _clean(self, value: object) -> object:
+        out = _json_value(value)
+        return self._redact(out) if isinstance(out, str) else out
+
+    def format(self, record: logging.LogRecord) -> str:
+        data: dict[str, object] = {}
+        if self.timestamps:
+            stamp = datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
+            data["ts"] = stamp.replace("+00:00", "Z")
+        data["level"] = record.levelname.lower()
+        data["logger"] = record.name
+        data["msg"] = self._clean(record.getMessage())
+        fields = getattr(record, FIELDS_ATTR, None)
+        if isinstance(fields, Mapping):
+            for key, value in fields.items():
+                name = render_key(str(key))
+                data[f"field_{name}" if name in self._FIXED else name] = self._clean(value)
+        if record.exc_info:
+            data["exc"] = self._clean(self.formatException(record.exc_info))
+        if record.stack_info:
+            data["stack"] = self._clean(self.formatStack(record.stack_info))
+        return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+
+
+def _redact_function() -> Callable[[str], str]:
+    try:
+        from daemon.redact import redact
+    except ImportError:
+        return lambda text: text
+    return redact
+
+
+def is_journal_stream(stream: TextIO) -> bool:
+    """True when ``stream`` is the journal: ``$JOURNAL_STREAM`` names its device and inode.
+
+    systemd sets ``JOURNAL_STREAM=<device>:<inode>`` for a service whose stdout or stderr is
+    connected to journald; comparing with the stream's own ``fstat`` tells a redirected
+    stream (``ivanti-xmatters status > file`` run from a service's shell) from the journal.
+    """
+    value = os.environ.get("JOURNAL_STREAM", "")
+    dev, sep, ino = value.partition(":")
+    if not sep or not dev.isdigit() or not ino.isdigit():
+        return False
+    try:
+        st = os.fstat(stream.fileno())
+    except (AttributeError, OSError, ValueError):  # io.StringIO, a closed stream...
+        return False
+    return st.st_dev == int(dev) and st.st_ino == int(ino)
+
+
+def syslog_prefix(levelno: int) -> str:
+    """``<3>`` for ERROR, ``<4>`` WARNING, ``<6>`` INFO, ``<7>`` DEBUG (levels in between round up)."""
+    for number in sorted(_SYSLOG_PRIORITY, reverse=True):
+        if levelno >= number:
+            return f"<{_SYSLOG_PRIORITY[number]}>"
+    return "<7>"
+
+
 class OneLineHandler(logging.StreamHandler):
     """Writes formatted lines, passing the final text through the handler's filters again.
 
@@ -111,9 +211,13 @@ class OneLineHandler(logging.StreamHandler):
     the whole rendered line lets a redacting filter scrub fields and tracebacks as well.
     """
 
+    journal = False  # prefix each line with its syslog priority (set by setup_logging)
+
     def emit(self, record: logging.LogRecord) -> None:
         try:
             line = self._scrub(self.format(record), record)
+            if self.journal:
+                line = syslog_prefix(record.levelno) + line
             self.stream.write(line + "\n")
             self.flush()
         except RecursionError:
@@ -161,16 +265,32 @@ def level_number(level: int | str) -> int:
 
 
 def setup_logging(
-    level: str = "INFO", stream: TextIO | None = None, *, timestamps: bool = False
+    level: str = "INFO",
+    stream: TextIO | None = None,
+    *,
+    timestamps: bool = False,
+    fmt: str = "logfmt",
+    journal: bool | None = None,
 ) -> None:
     """Route all logging to ``stream`` (``sys.stdout`` when None, looked up at call time).
 
+    ``fmt`` is ``logfmt`` (``key=value``, the default) or ``json``. ``journal`` adds the
+    syslog priority prefix to each line; ``None`` detects it (``is_journal_stream``).
     Safe to call twice: the handler installed by an earlier call is replaced, other handlers
     on the root logger (e.g. pytest's) are left alone.
     """
     number = level_number(level)
-    handler = OneLineHandler(sys.stdout if stream is None else stream)
-    handler.setFormatter(KeyValueFormatter(timestamps=timestamps))
+    if fmt not in LOG_FORMATS:
+        raise ValueError(f"unknown log format {fmt!r}; use one of {', '.join(LOG_FORMATS)}")
+    target = sys.stdout if stream is None else stream
+    handler = OneLineHandler(target)
+    handler.journal = is_journal_stream(target) if journal is None else journal
+    formatter: logging.Formatter = (
+        JsonFormatter(timestamps=timestamps)
+        if fmt == "json"
+        else KeyValueFormatter(timestamps=timestamps)
+    )
+    handler.setFormatter(formatter)
     redactor = _redacting_filter()
     if redactor is not None:
         handler.addFilter(redactor)

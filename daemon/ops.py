@@ -1665,16 +1665,19 @@ def _cmd_check(args: argparse.Namespace) -> int:
     try:
         settings = load(args, require_targets=True)
     except ConfigError as exc:
+        failed = [CheckResult("config", "FAIL", problem) for problem in exc.problems]
+        for warning in exc.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
         if args.json:
             _dump(
                 {
                     "ok": False,
                     "config_error": str(exc),
-                    "checks": [CheckResult("config", "FAIL", str(exc)).as_dict()],
+                    "checks": [r.as_dict() for r in failed],
                 }
             )
         else:
-            print(render_checks([CheckResult("config", "FAIL", str(exc))]))
+            print(render_checks(failed))
         return EX_CONFIG
     described = settings.describe()
     results = run_checks(settings, now=utcnow)

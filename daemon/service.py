@@ -11,6 +11,7 @@ finish and commit, then the process exits 0.
 
 from __future__ import annotations
 
+import errno
 import logging
 import threading
 import time
@@ -21,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from daemon import systemd
-from daemon.config import Settings
+from daemon.config import ConfigError, Settings
 from daemon.deliverer import Deliverer, DeliveryConfig, DeliveryResult
 from daemon.ivanti import IvantiClient
 from daemon.lease import FencedTransport, Leadership, is_postgres
@@ -37,6 +38,14 @@ log = logging.getLogger("daemon.service")
 
 # A live event unread for longer than this means the request budget cannot keep up.
 WRITEBACK_LAG_WARN_S = 60.0
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    """A STATUS= value: one line, short, no secret (systemctl status shows it to anyone)."""
+    from daemon.redact import redact
+
+    flat = " ".join(redact(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
 def utcnow() -> datetime:
@@ -382,7 +391,7 @@ class Service:
                 id="reconcile",
             )
         if s.ops.metrics_port is not None:
-            self.metrics.serve(s.ops.metrics_addr, s.ops.metrics_port)
+            self._serve_metrics(s.ops.metrics_addr, s.ops.metrics_port)
         lead = self.leadership
         lease_thread: threading.Thread | None = None
         lease_stop = threading.Event()  # set only once the last step has finished
@@ -404,11 +413,17 @@ class Service:
             mode=s.xmatters.mode if s.xmatters else "?",
             writeback=self.writeback is not None,
         )
-        ready = False
+        # READY as soon as the state DB is migrated (Service()) and the settings are valid:
+        # an Ivanti or xMatters outage must not hold `systemctl start` for TimeoutStartSec
+        # and then loop. STATUS= says what the daemon waits for; the watchdog and the
+        # dead-man below still judge the polls.
+        systemd.notify("READY=1\nSTATUS=" + self._status(xmatters_ok=False))
+        log_event(log, logging.INFO, "ready: state DB migrated, settings valid")
         deadman = timedelta(seconds=s.ops.deadman)
         started = self.now()
         stalled_logged = False
         standby_status = ""
+        xmatters_ok, next_probe, status, current = False, 0.0, "", ""
         try:
             while not stop.wait(timeout=systemd.watchdog_period(default=5.0)):
                 if lead is not None and not lead.is_leader():
@@ -417,23 +432,25 @@ class Service:
                     text = f"standby, leader is {lead.leader_text()}"
                     if text != standby_status:
                         systemd.notify(f"READY=1\nSTATUS={text}")
-                        standby_status = text
+                        standby_status = status = text
                     if lead.last_contact is not None and (
                         time.monotonic() - lead.last_contact <= s.ops.deadman
                     ):
                         systemd.notify("WATCHDOG=1")
-                    ready, started, self.last_poll_ok = False, self.now(), None
+                    started, self.last_poll_ok, xmatters_ok = self.now(), None, False
                     continue
                 standby_status = ""
                 alive = [t for t in (self.last_poll_ok, self.last_progress) if t is not None]
                 healthy_since = max(alive, default=started)
-                if not ready and alive and self._xmatters_answers():
-                    systemd.notify("READY=1\nSTATUS=polling")
-                    log_event(log, logging.INFO, "ready: state DB migrated, both APIs answered")
-                    ready = True
+                if not xmatters_ok and self.last_poll_ok and time.monotonic() >= next_probe:
+                    xmatters_ok = self._xmatters_answers()
+                    next_probe = time.monotonic() + s.poll.interval
+                    if xmatters_ok:
+                        log_event(log, logging.INFO, "both APIs answered: polling")
                 if self.now() - healthy_since <= deadman:
                     systemd.notify("WATCHDOG=1")
                     stalled_logged = False
+                    current = self._status(xmatters_ok=xmatters_ok)
                 elif not stalled_logged:
                     log_event(
                         log,
@@ -443,8 +460,11 @@ class Service:
                         deadman=f"{s.ops.deadman:g}s",
                         last_error=self.last_error.get("ivanti", "none"),
                     )
-                    systemd.notify("STATUS=no successful poll within IXM_DEADMAN")
+                    current = "no successful poll within IXM_DEADMAN"
                     stalled_logged = True
+                if current != status:
+                    systemd.notify("STATUS=" + current)
+                    status = current
         finally:
             systemd.notify("STOPPING=1")
             log_event(log, logging.INFO, "stopping: finishing the current step")
@@ -458,6 +478,31 @@ class Service:
                 lead.release()  # a clean stop hands over at the standby's next try
                 lead.active, self.store.fence = False, None
             log_event(log, logging.INFO, "stopped")
+
+    def _status(self, *, xmatters_ok: bool) -> str:
+        """One line for ``systemctl status``: what the daemon waits for, if anything."""
+        if self.last_poll_ok is None:
+            error = self.last_error.get("ivanti")
+            why = f" (last error: {error.split(' ', 1)[-1]})" if error else ""
+            return _one_line("waiting for the first successful poll of Ivanti" + why)
+        if not xmatters_ok:
+            error = self.last_error.get("xmatters")
+            why = f" (last error: {error.split(' ', 1)[-1]})" if error else ""
+            return _one_line("polling; waiting for the xMatters REST API to answer" + why)
+        return "polling"
+
+    def _serve_metrics(self, addr: str, port: int) -> None:
+        """A port that cannot be bound is a configuration error (exit 78), not a traceback."""
+        try:
+            self.metrics.serve(addr, port)
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            if exc.errno == errno.EADDRINUSE:
+                reason = "another process already listens there"
+            raise ConfigError(
+                f"IXM_METRICS_PORT={port} cannot be served on {addr}:{port} ({reason}); "
+                "pick a free port (ss -ltnp shows who holds it) or unset IXM_METRICS_PORT"
+            ) from None
 
     def _xmatters_answers(self) -> bool:
         """Part of readiness: one cheap REST call (a search for a random requestId, which

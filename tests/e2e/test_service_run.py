@@ -86,13 +86,14 @@ def _start(svc: Service) -> tuple[threading.Event, threading.Thread]:
     return stop, thread
 
 
-def test_ready_after_first_poll_then_pages_and_stops_cleanly(
+def test_ready_then_pages_and_stops_cleanly(
     sims: SimPair, state_db_url: str, systemd: FakeSystemd
 ) -> None:
     svc = _service(sims, state_db_url)
     stop, thread = _start(svc)
     try:
         systemd.wait_for(lambda m: any(x.startswith("READY=1") for x in m))
+        systemd.wait_for(lambda m: any(x.endswith("STATUS=polling") for x in m))
         systemd.wait_for(lambda m: m.count("WATCHDOG=1") >= 3)
         sims.clock.advance(30)
         inc = sims.ivanti.create_incident(Priority="1", OwnerTeam="Network Operations")
@@ -116,7 +117,8 @@ def test_dead_man_stops_feeding_the_watchdog(
     svc = _service(sims, state_db_url, IXM_DEADMAN="2")
     stop, thread = _start(svc)
     try:
-        systemd.wait_for(lambda m: any(x.startswith("READY=1") for x in m))
+        # READY comes before the first poll; STATUS=polling once a poll succeeded
+        systemd.wait_for(lambda m: "STATUS=polling" in m)
         sims.ivanti.faults.inject("status", "/incidents", status=503, times=0)
         # the clock the daemon judges by is the simulated one: move it past the dead-man
         sims.clock.advance(5)
@@ -161,7 +163,7 @@ def test_write_back_passes_run_back_to_back_and_notes_go_out_at_once(
     svc = _service(sims, state_db_url, IXM_DELIVERY_INTERVAL="3600")  # only the loop delivers
     stop, thread = _start(svc)
     try:
-        systemd.wait_for(lambda m: any(x.startswith("READY=1") for x in m))
+        systemd.wait_for(lambda m: any(x.endswith("STATUS=polling") for x in m))
         sims.clock.advance(30)
         inc = sims.ivanti.create_incident(Priority="1", OwnerTeam="Network Operations")
         rec = str(inc["RecId"])
@@ -192,7 +194,7 @@ def test_a_standby_is_ready_and_names_the_leader(
     leader = _service(sims, pg_state_db_url)
     stop_a, thread_a = _start(leader)
     try:
-        systemd.wait_for(lambda m: any(x == "READY=1\nSTATUS=polling" for x in m))
+        systemd.wait_for(lambda m: any(x.endswith("STATUS=polling") for x in m))
         standby = _service(sims, pg_state_db_url)
         stop_b, thread_b = _start(standby)
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 import types
 from collections.abc import Iterator
@@ -60,6 +61,12 @@ def in_tmp_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """No stray ./.env from the repo; cwd-based defaults land in tmp_path."""
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+@pytest.fixture(autouse=True)
+def psycopg_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The examples use postgresql:// state DBs; their driver is not a dependency."""
+    monkeypatch.setitem(sys.modules, "psycopg", types.ModuleType("psycopg"))
 
 
 @pytest.fixture(autouse=True)
@@ -542,6 +549,7 @@ def test_bad_boolean(name: str) -> None:
         ("XMATTERS_EVENT_PRIORITY", "URGENT"),
         ("IXM_DELIVERY_NOTES", "some"),
         ("IXM_LOG_LEVEL", "TRACE"),
+        ("IXM_LOG_FORMAT", "xml"),
     ],
 )
 def test_bad_choices(name: str, value: str) -> None:
@@ -879,3 +887,120 @@ def test_response_actions_checked_by_the_real_notes_module() -> None:
 def test_lease_ttl_defaults_to_the_poll_interval() -> None:
     assert load_settings(base_env(IXM_POLL_INTERVAL="45")).ops.lease_ttl == 45
     assert load_settings(base_env(IXM_LEASE_TTL="10s")).ops.lease_ttl == 10
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        (
+            "mysql://ixm@db/ixm",
+            "needs the Python module MySQLdb, which is not installed; "
+            "install it into the daemon's environment (pip install 'mysqlclient')",
+        ),
+        ("postgresql+psycopg2://ixm:db-pass-123@db/ixm", "pip install 'psycopg2-binary'"),
+        ("foo://x", "names the database kind 'foo', which SQLAlchemy does not know"),
+        ("postgresql://db:port/ixm", "is not a database URL"),
+    ],
+)
+def test_state_db_url_needs_a_known_dialect_and_an_installed_driver(
+    url: str, expected: str
+) -> None:
+    message = error_of(base_env(IXM_STATE_DB=url))
+    assert message.startswith("IXM_STATE_DB=") and expected in message
+    assert "db-pass-123" not in message
+
+
+# --------------------------------------------------------------------------- all problems at once
+
+
+def problems_of(env: dict[str, str], **kwargs: object) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        load_settings(env, env_file=os.devnull, **kwargs)  # type: ignore[arg-type]
+    return info.value
+
+
+def test_every_problem_is_reported_in_one_run() -> None:
+    exc = problems_of(
+        {
+            "IVANTI_TIMEOUT": "-1",
+            "XMATTERS_MODE": "direct",
+            "IXM_POLL_INTERVAL": "often",
+            "IXM_CRITICAL_PRIORITIES": "x",
+            "IXM_DEADMAN": "abc",
+            "IXM_USER_MAP": "nobody",
+            "IXM_STATE_DB": "foo://x",
+        }
+    )
+    starts = [p.split(" ", 1)[0] for p in exc.problems]
+    assert starts == [
+        "IVANTI_BASE_URL",
+        "no",  # no Ivanti credentials
+        "IVANTI_TIMEOUT='-1'",
+        "XMATTERS_TRIGGER_URL",
+        "XMATTERS_MODE=direct",
+        "IXM_CRITICAL_PRIORITIES",
+        "IXM_POLL_INTERVAL='often'",
+        "IXM_USER_MAP",
+        "IXM_DEADMAN='abc'",
+        "IXM_STATE_DB='foo://x'",
+    ]
+    assert str(exc) == exc.problems[0] + " (and 9 more problems)"
+    assert all("\n" not in p for p in exc.problems)
+
+
+def test_a_refused_value_does_not_cause_a_misleading_cross_check() -> None:
+    # IXM_POLL_INTERVAL is refused: IXM_DEADMAN=20 must not be compared with its default 30
+    exc = problems_of(base_env(IXM_POLL_INTERVAL="often", IXM_DEADMAN="20"))
+    assert [p.split("=")[0] for p in exc.problems] == ["IXM_POLL_INTERVAL"]
+
+
+def test_targets_not_required_hide_their_problems_only() -> None:
+    exc = problems_of({"IVANTI_TIMEOUT": "-1", "IXM_PAGE_SIZE": "500"}, require_targets=False)
+    assert [p.split("=")[0] for p in exc.problems] == ["IXM_PAGE_SIZE"]
+    s = load_settings({"IVANTI_TIMEOUT": "-1"}, env_file=os.devnull, require_targets=False)
+    assert s.ivanti is None and s.xmatters is None
+
+
+def test_unknown_settings_are_warned_about_with_the_closest_name() -> None:
+    s = load_settings(
+        base_env(
+            IXM_POLL_INTERVALL="5",
+            XMATTERS_TRIGER_URL="x",
+            IVANTI_PASSWORD_FILE="",
+            IXM_VENV=".venv-ci",
+            IXM_ZZZ="1",
+            OTHER_THING="1",
+        ),
+        env_file=os.devnull,
+    )
+    assert s.warnings == (
+        "IXM_POLL_INTERVALL is not a setting and is ignored; did you mean IXM_POLL_INTERVAL?",
+        "IXM_ZZZ is not a setting and is ignored; see .env.example for the settings",
+        "XMATTERS_TRIGER_URL is not a setting and is ignored; did you mean XMATTERS_TRIGGER_URL?",
+    )
+    exc = problems_of({"IVANTI_BASE_ULR": "https://acme.saasit.com"})
+    assert exc.warnings[0].endswith("did you mean IVANTI_BASE_URL?")
+
+
+def test_known_names_cover_what_is_read_and_documented() -> None:
+    from daemon.config import SETTING_NAMES
+
+    s = load_settings(rest_env(), env_file=os.devnull)
+    described = {n for n, _ in s.describe() if n.startswith(("IVANTI_", "XMATTERS_", "IXM_"))}
+    assert described == set(SETTING_NAMES)
+    example = (Path(__file__).resolve().parents[2] / ".env.example").read_text()
+    documented = set(re.findall(r"^#? ?((?:IXM|IVANTI|XMATTERS)_[A-Z_]+)=", example, re.M))
+    assert documented <= set(SETTING_NAMES)
+
+
+@pytest.mark.parametrize("value", ["x", "1,high", "0", "-1", "P1"])
+def test_critical_priorities_must_be_ivanti_priorities(value: str) -> None:
+    assert "is not an Ivanti priority" in error_of(base_env(IXM_CRITICAL_PRIORITIES=value))
+
+
+@pytest.mark.parametrize(
+    "name", ["IXM_STATUS_RESOLVED", "IXM_STATUS_CLOSED", "IXM_STATUS_CANCELED"]
+)
+def test_status_lists_that_can_never_work(name: str) -> None:
+    assert "lists no status" in error_of(base_env(**{name: " , "}))
+    assert "the status of every open incident" in error_of(base_env(**{name: "Closed,active"}))

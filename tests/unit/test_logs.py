@@ -248,3 +248,96 @@ def test_real_redaction_module_hides_registered_secrets() -> None:
     log_event(logging.getLogger("d"), "info", f"using {secret}", detail=f"server said {secret}!")
     (line,) = lines(buf)
     assert line == 'level=info logger=d msg="using ***" detail="server said ***!"'
+
+
+# --------------------------------------------------------------------------- journald, JSON
+
+
+def test_journal_stream_gets_syslog_priority_prefixes(
+    tmp_path: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch, no_redact_module: None
+) -> None:
+    import os
+
+    path = os.path.join(str(tmp_path), "journal")
+    with open(path, "w", encoding="utf-8") as stream:
+        st = os.fstat(stream.fileno())
+        monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino}")
+        setup_logging("DEBUG", stream)  # type: ignore[arg-type]
+        log = logging.getLogger("daemon.test")
+        log_event(log, "DEBUG", "d")
+        log_event(log, "INFO", "i")
+        log_event(log, "WARNING", "w")
+        log_event(log, "ERROR", "e")
+        log_event(log, "CRITICAL", "c")
+    with open(path, encoding="utf-8") as f:
+        got = [line.split(" ", 1)[0] for line in f.read().splitlines()]
+    assert got == [
+        "<7>level=debug",
+        "<6>level=info",
+        "<4>level=warning",
+        "<3>level=error",
+        "<2>level=critical",
+    ]
+
+
+def test_no_prefix_when_the_stream_is_not_the_journal(
+    tmp_path: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch, no_redact_module: None
+) -> None:
+    import os
+
+    monkeypatch.setenv("JOURNAL_STREAM", "1:2")  # someone else's journal stream (inherited)
+    path = os.path.join(str(tmp_path), "file")
+    with open(path, "w", encoding="utf-8") as stream:
+        setup_logging("INFO", stream)  # type: ignore[arg-type]
+        log_event(logging.getLogger("daemon.test"), "ERROR", "e")
+    with open(path, encoding="utf-8") as f:
+        assert f.read().startswith("level=error ")
+    buf = io.StringIO()  # no file descriptor at all
+    setup_logging("INFO", buf)
+    log_event(logging.getLogger("daemon.test"), "ERROR", "e")
+    assert buf.getvalue().startswith("level=error ")
+
+
+def test_json_format_is_one_object_a_line(no_redact_module: None) -> None:
+    import json
+
+    buf = io.StringIO()
+    setup_logging("INFO", buf, fmt="json")
+    log = logging.getLogger("daemon.test")
+    log_event(log, "INFO", "poll done", rows=3, took_s=0.5, ok=True, level="x", note="a\nb")
+    try:
+        raise ValueError("boom\nline two")
+    except ValueError:
+        log.exception("failed")
+    first, second = (json.loads(line) for line in lines(buf))
+    assert first == {
+        "level": "info",
+        "logger": "daemon.test",
+        "msg": "poll done",
+        "rows": 3,
+        "took_s": 0.5,
+        "ok": True,
+        "field_level": "x",
+        "note": "a\nb",
+    }
+    assert second["level"] == "error" and "ValueError: boom" in second["exc"]
+
+
+def test_json_format_redacts_secrets_with_quotes() -> None:
+    import json
+
+    from daemon.redact import register_secret
+
+    secret = 'pa"ss\\word-0123456789'
+    register_secret(secret)
+    buf = io.StringIO()
+    setup_logging("INFO", buf, fmt="json")
+    log_event(logging.getLogger("daemon.test"), "INFO", f"login with {secret}", body=secret)
+    line = buf.getvalue()
+    assert secret not in json.loads(line)["msg"] and secret not in json.loads(line)["body"]
+    assert "pa" not in json.loads(line)["body"]
+
+
+def test_unknown_log_format_is_refused() -> None:
+    with pytest.raises(ValueError, match="logfmt, json"):
+        setup_logging("INFO", io.StringIO(), fmt="xml")
