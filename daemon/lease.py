@@ -61,7 +61,6 @@ class InstanceLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -97,8 +96,8 @@ class InstanceLock:
 def hold_instance(url: str) -> InstanceLock | None:
     """Take the one-daemon lock of a SQLite state DB (``AlreadyRunning`` if held)."""
     path = sqlite_file(url)
-    if path is None:
-        return None
+    if path is None or not path.parent.is_dir():
+        return None  # not SQLite, or a directory that is not there: opening the DB says so
     lock = InstanceLock(path)
     lock.acquire()
     return lock
