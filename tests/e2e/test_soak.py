@@ -15,6 +15,10 @@ order; every few cycles, and at the end, the outbox is drained and they must be
 equal, with one live event per paging incident and none otherwise, every response
 written back as exactly one note, and nothing suppressed by flood control.
 
+The fault mix includes slow triggers, 401s and dropped answers; a seed also picks how
+long the simulated workflow takes to make its event (0, 4 or 12 s after the 202), and
+the model checks no Status is written to an incident it last saw ended (a late answer).
+
 The seed comes from ``IXM_SOAK_SEED`` (or is random) and is in every failure
 message. ``pytest tests/e2e/test_soak.py --soak [--soak-cycles N]`` runs the long
 variant.
@@ -341,6 +345,8 @@ def run_soak(
     # hence which action meets which fault: seed them too, or a seed would not replay.
     monkeypatch.setattr(ivanti_sim, "_new_rec_id", lambda: f"{ids.getrandbits(128):032X}")
     _RECS.pop(id(sims), None)
+    # slow flows: the workflow makes its event this long after the 202 (0: at once)
+    sims.xmatters.set_flows(delay=random.Random(seed + 2).choice([0, 0, 4, 12]))
     svc = make_service()
     svc.deliverer.rng = random.Random(seed)  # retry jitter too: the same seed, the same run
     soak_ = Soak(sims, svc, rng)
