@@ -531,6 +531,18 @@ class Deliverer:
         action.updated_at = now
         action.last_error = None
         action.unsettled = False
+        new_ids = self._record_events(u, action, events, action.request_id, now)
+        u.mark_terminated(action.rec_id, now, except_ids=new_ids)
+
+    @staticmethod
+    def _record_events(
+        u: Unit,
+        action: OutboxAction,
+        events: Sequence[Mapping[str, Any]],
+        request_id: str | None,
+        now: datetime,
+    ) -> list[str]:
+        """Tie the events of a page to it; returns their ids."""
         new_ids = []
         for ev in events:
             eid = str(ev.get("id"))
@@ -539,13 +551,13 @@ class Deliverer:
                 event_id=eid,
                 rec_id=action.rec_id,
                 outbox_id=action.id,
-                request_id=str(ev.get("requestId") or action.request_id or "") or None,
+                request_id=str(ev.get("requestId") or request_id or "") or None,
                 number=str(ev.get("eventId")) if ev.get("eventId") is not None else None,
                 status=str(ev.get("status") or "ACTIVE"),
                 now=now,
             )
             row.outbox_id = action.id
-        u.mark_terminated(action.rec_id, now, except_ids=new_ids)
+        return new_ids
 
     # ----- the calls ---------------------------------------------------------------------
     def _perform(self, call: _Call) -> _Outcome:
@@ -833,20 +845,7 @@ class Deliverer:
                     why=outcome.summary,
                 )
                 return
-            new_ids = []
-            for ev in outcome.events:
-                eid = str(ev.get("id"))
-                new_ids.append(eid)
-                row = u.add_event(
-                    event_id=eid,
-                    rec_id=action.rec_id,
-                    outbox_id=action.id,
-                    request_id=str(ev.get("requestId") or outcome.request_id or "") or None,
-                    number=str(ev.get("eventId")) if ev.get("eventId") is not None else None,
-                    status=str(ev.get("status") or "ACTIVE"),
-                    now=now,
-                )
-                row.outbox_id = action.id
+            new_ids = self._record_events(u, action, outcome.events, outcome.request_id, now)
             if action.kind in ("page", "terminate") and outcome.terminated_all:
                 # A page supersedes the incident's older events; a terminate ends them all.
                 u.mark_terminated(action.rec_id, now, except_ids=new_ids)

@@ -26,7 +26,7 @@ import httpx
 from sqlalchemy import make_url
 
 from daemon.logs import log_event
-from daemon.store import LeaseLost, LeaseState, Store
+from daemon.store import LeaseLost, LeaseState, Store, sqlite_file
 
 log = logging.getLogger("daemon.lease")
 
@@ -39,17 +39,6 @@ class AlreadyRunning(RuntimeError):
 
 def holder_text(host: str, pid: int | str, since: str) -> str:
     return f"host {host}, pid {pid}, since {since}"
-
-
-def sqlite_file(url: str) -> Path | None:
-    """The file of a SQLite URL (None for in-memory or another backend)."""
-    parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite":
-        return None
-    database = parsed.database
-    if not database or database == ":memory:" or database.startswith("file:"):
-        return None
-    return Path(database)
 
 
 class InstanceLock:

@@ -27,7 +27,6 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
@@ -36,7 +35,14 @@ import httpx
 from daemon.config import EX_CONFIG, ConfigError, Settings
 from daemon.errors import ApiError, AuthError, parse_http_date
 from daemon.models import Attempt, AuditSeen, Change, Cycle, Incident, OutboxAction, XmEvent
-from daemon.store import Store, Unit, current_revision, head_revision, make_engine
+from daemon.store import (
+    Store,
+    Unit,
+    current_revision,
+    head_revision,
+    make_engine,
+    sqlite_file,
+)
 from daemon.timeutil import parse_utc
 
 OUTBOX_STATES = ("pending", "done", "dead", "skipped")
@@ -158,18 +164,6 @@ class NoDatabase(Exception):
     """There is no state DB (or no schema in it) at the configured place."""
 
 
-def _sqlite_path(url: str) -> Path | None:
-    from sqlalchemy.engine import make_url
-
-    parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite":
-        return None
-    database = parsed.database
-    if not database or database == ":memory:" or database.startswith("file:"):
-        return None
-    return Path(database)
-
-
 def _shown_url(url: str) -> str:
     from sqlalchemy.engine import make_url
 
@@ -179,7 +173,7 @@ def _shown_url(url: str) -> str:
 def open_store(settings: Settings) -> Store:
     """The existing state DB, not migrated; ``NoDatabase`` if there is none yet."""
     url = settings.state_db_url
-    path = _sqlite_path(url)
+    path = sqlite_file(url)
     if path is not None and not path.exists():
         raise NoDatabase(f"no state DB at {path}: {NO_DB_HINT}")
     store = Store(url, migrate=False)
@@ -1300,7 +1294,7 @@ def check_trigger(
 
 def check_state_db(settings: Settings) -> CheckResult:
     url = settings.state_db_url
-    path = _sqlite_path(url)
+    path = sqlite_file(url)
     if path is not None and not path.exists():
         parent = path.parent
         if parent.is_dir():

@@ -105,7 +105,7 @@ def test_once_dry_run_creates_no_state_db(
     assert main([*ENV_FILE, "once", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert f"no state DB at {db} yet" in out and "the file is not created" in out
-    assert "baseline read 1 rows" in out
+    assert "baseline read 1 row in 1 request" in out
     assert not db.exists() and beside(db) == []
     assert sims.xmatters.triggers() == []
 
