@@ -9,7 +9,9 @@ and does:
   ``-remaining``), when the server sends them, cap the rate at ``SHARE`` of the plan's
   rate, leaving the rest to the tenant's other clients and to this daemon's own
   triggers; when the period's budget is nearly used up, at what is left of it;
-- a 429 halves the rate and holds every caller back for its ``Retry-After``;
+- a 429 halves the rate; one to a rate-limited (REST) call also holds every caller
+  back for its ``Retry-After``, at most ``MAX_HOLD`` seconds (a longer wait is the
+  caller's: the outbox and the write-back pass reschedule on their own);
 - each answer that is not a 429 then wins back 2% of the rate, up to the cap.
 
 Callers *reserve* a token under the lock and sleep outside it: concurrent threads queue
@@ -27,6 +29,7 @@ from collections.abc import Callable, Mapping
 SHARE = 0.5  # of the plan's advertised rate that the daemon allows itself
 FLOOR = 0.5  # requests a second the rate never drops below
 RECOVERY = 1.02  # after a 429, each answer that is not one wins back this factor
+MAX_HOLD = 2.0  # seconds a 429 may hold every caller back
 
 
 class RateLimiter:
@@ -61,8 +64,16 @@ class RateLimiter:
         return self.ceiling > 0
 
     # ----- learning the tenant's budget ------------------------------------------------
-    def observe(self, status: int, headers: Mapping[str, str], retry_after: float | None) -> None:
-        """Learn from one answer of the server (any call, limited or not)."""
+    def observe(
+        self,
+        status: int,
+        headers: Mapping[str, str],
+        retry_after: float | None,
+        *,
+        hold: bool = True,
+    ) -> None:
+        """Learn from one answer of the server (any call, limited or not); ``hold``: a
+        429 to this call also holds back the limited callers (not for a trigger's)."""
         if not self.enabled:
             return
         budget = _budget(headers)
@@ -71,10 +82,11 @@ class RateLimiter:
                 self.cap = min(self.ceiling, max(FLOOR, budget))
             if status == 429:
                 self.rate = max(FLOOR, min(self.rate, self.cap) / 2)
-                hold = retry_after if retry_after is not None else 1.0
-                # everyone waits out the Retry-After: the bucket goes into that much debt
-                self._tokens = min(self._tokens, 0.0) - max(0.0, hold) * self.rate
-                self._updated = self._clock()
+                if hold:
+                    wait = min(MAX_HOLD, retry_after if retry_after is not None else 1.0)
+                    # everyone waits: the bucket goes into that much debt
+                    self._tokens = min(self._tokens, 0.0) - max(0.0, wait) * self.rate
+                    self._updated = self._clock()
             else:
                 self.rate = min(self.cap, self.rate * RECOVERY)
 

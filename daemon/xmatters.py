@@ -357,6 +357,7 @@ class XMattersClient:
             )
             if response.status_code == 429
             else None,
+            hold=limited,
         )
         log.debug(
             "xmatters %s %s -> %d (%.0f ms)",

@@ -740,9 +740,15 @@ def test_rate_limiter_halves_on_429_waits_out_retry_after_then_recovers() -> Non
     clock = FakeClock()
     limiter = RateLimiter(40.0, 1, clock=clock, sleep=clock.sleep)
     limiter.acquire()
-    limiter.observe(429, {}, 3.0)
+    limiter.observe(429, {}, 1.5)
     assert limiter.rate == pytest.approx(20.0)
-    assert limiter.acquire() == pytest.approx(3.0 + 1 / 20.0, abs=0.01)
+    assert limiter.acquire() == pytest.approx(1.5 + 1 / 20.0, abs=0.01)
+    fresh = RateLimiter(40.0, 1, clock=clock, sleep=clock.sleep)
+    fresh.acquire()
+    fresh.observe(429, {}, 30.0)  # a long Retry-After is the caller's to wait out
+    assert fresh.acquire() == pytest.approx(2.0 + 1 / 20.0, abs=0.01)
+    fresh.observe(429, {}, 30.0, hold=False)  # a trigger's 429: slower, nobody held
+    assert fresh.rate == pytest.approx(10.0)
     for _ in range(200):
         limiter.observe(200, {}, None)
     assert limiter.rate == pytest.approx(40.0)
