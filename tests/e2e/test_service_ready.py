@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from daemon.simulators.harness import SimPair
@@ -23,11 +21,11 @@ def statuses(messages: list[str]) -> list[str]:
 
 def test_ready_at_once_while_ivanti_is_down_and_status_says_why(
     sims: SimPair,
-    tmp_path: Path,
+    state_db_url: str,
     systemd: FakeSystemd,  # noqa: F811
 ) -> None:
     sims.ivanti.faults.inject("status", "/incidents", status=503, times=0)
-    svc = _service(sims, tmp_path, IXM_DEADMAN="600")
+    svc = _service(sims, state_db_url, IXM_DEADMAN="600")
     stop, thread = _start(svc)
     try:
         systemd.wait_for(lambda m: any(x.startswith("READY=1") for x in m), timeout=10)
@@ -47,11 +45,11 @@ def test_ready_at_once_while_ivanti_is_down_and_status_says_why(
 
 def test_status_names_xmatters_when_only_its_rest_api_is_down(
     sims: SimPair,
-    tmp_path: Path,
+    state_db_url: str,
     systemd: FakeSystemd,  # noqa: F811
 ) -> None:
     sims.xmatters.faults.inject("status", "/api/xm/1/events", status=503, times=0)
-    svc = _service(sims, tmp_path)
+    svc = _service(sims, state_db_url)
     stop, thread = _start(svc)
     try:
         systemd.wait_for(
