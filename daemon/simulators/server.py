@@ -6,15 +6,19 @@ connection before or after acting, or sending half a body). Handlers run one at 
 time under the simulator's lock, so simulated state needs no further locking.
 
 Every simulator also serves a control surface under ``/_sim/`` (faults, request
-log, clock); the same operations are methods on the Python object.
+log, clock); the same operations are methods on the Python object. ``GET /_sim/`` lists
+the control routes (with a description and an example each, see ``control_docs``) and
+the simulator's current switches (``switches()``).
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import math
 import re
+import shlex
 import socket
 import threading
 import time
@@ -25,10 +29,11 @@ from datetime import datetime
 from email.message import Message
 from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Self
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from daemon.simulators.clock import SimClock
+from daemon.simulators.control_docs import CONTROL_DOCS, SHARED_DOCS, SWITCH_READERS, ControlDoc
 from daemon.simulators.faults import Fault, FaultPlan
 
 log = logging.getLogger("daemon.simulators")
@@ -117,6 +122,7 @@ class _Route:
     name: str
     handler: Handler
     control: bool
+    pattern: str = ""
 
 
 @dataclass
@@ -154,6 +160,24 @@ class SimServer:
     """Base class: subclasses register routes and implement ``error_response``."""
 
     name = "sim"
+    _constructed: dict[str, Any]
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Self:
+        """Keeps the constructor's arguments, so ``switches()`` can list any option a
+        subclass takes without code of its own (its live attribute wins when it has one)."""
+        self = super().__new__(cls)
+        try:
+            bound = inspect.signature(cls.__init__).bind_partial(None, *args, **kwargs)
+        except TypeError:
+            bound = None  # __init__ will say what is wrong
+        given: dict[str, Any] = {}
+        for name, value in (bound.arguments if bound else {}).items():
+            if isinstance(value, dict) and name not in _switch_params(cls):
+                given.update(value)  # a subclass's **kwargs, passed on to its base
+            else:
+                given[name] = value
+        self._constructed = given
+        return self
 
     def __init__(self, clock: SimClock | None = None, *, log_requests: bool = False) -> None:
         self.clock = clock or SimClock()
@@ -175,7 +199,12 @@ class SimServer:
     ) -> None:
         self._routes.append(
             _Route(
-                method.upper(), re.compile(pattern + r"\Z", re.IGNORECASE), name, handler, control
+                method.upper(),
+                re.compile(pattern + r"\Z", re.IGNORECASE),
+                name,
+                handler,
+                control,
+                pattern,
             )
         )
 
@@ -247,6 +276,101 @@ class SimServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def scheme(self) -> str:
+        return "http"
+
+    # ----- switches and the listing ----------------------------------------------------
+    def switches(self) -> dict[str, Any]:
+        """The options that change how this simulator behaves, with their current values.
+
+        By default every constructor argument (of this class and its bases) whose value is
+        a plain scalar, read from the attribute of that name (or ``_name``, or a reader in
+        ``control_docs.SWITCH_READERS``) or else as given to the constructor; names that
+        hold credentials, identities or wiring (``clock``, ``directory``, ``*_id``) are
+        never listed. Subclasses may extend or override this."""
+        readers = SWITCH_READERS.get(self.name, {})
+        out: dict[str, Any] = {}
+        for name, param in _switch_params(type(self)).items():
+            if not _may_list(name):
+                continue
+            value = self._read_switch(name, param, readers.get(name))
+            if value is not _UNREAD and _is_scalar(value):
+                out[name] = value
+        for name, reader in readers.items():
+            if name not in out and _may_list(name):
+                try:
+                    value = reader(self)
+                except AttributeError:
+                    continue
+                if _is_scalar(value):
+                    out[name] = value
+        with self._budget_lock:
+            out["request_budget"] = self.budget.as_dict() if self.budget else None
+        return out
+
+    def switch_defaults(self) -> dict[str, Any]:
+        """Each constructor switch's default, so a listing can show what was changed."""
+        return {
+            name: p.default
+            for name, p in _switch_params(type(self)).items()
+            if _may_list(name) and p.default is not inspect.Parameter.empty
+        }
+
+    def _read_switch(
+        self, name: str, param: inspect.Parameter, reader: Callable[[Any], Any] | None
+    ) -> Any:
+        if reader is not None:
+            try:
+                return reader(self)
+            except AttributeError:
+                pass
+        for attr in (name, "_" + name):
+            value = getattr(self, attr, _UNREAD)
+            if value is not _UNREAD and not callable(value):
+                return value
+        constructed: dict[str, Any] = getattr(self, "_constructed", {})
+        if name in constructed:
+            return constructed[name]
+        return _UNREAD if param.default is inspect.Parameter.empty else param.default
+
+    def control_routes(self, base: str | None = None) -> list[dict[str, str]]:
+        """Every control route: method, path, one-line description, an example curl."""
+        base = base or self.url
+        docs = CONTROL_DOCS.get(self.name, {})
+        out = []
+        for r in self._routes:
+            if not r.control:
+                continue
+            rel = r.pattern[len(CONTROL_PREFIX) :] if r.pattern.startswith(CONTROL_PREFIX) else ""
+            doc = docs.get((r.method, rel)) or SHARED_DOCS.get((r.method, rel))
+            path = CONTROL_PREFIX + ("" if rel == "?" else _display_path(rel))
+            description = (
+                doc.description if doc else _first_line(r.handler.__doc__) or "undocumented"
+            )
+            out.append(
+                {
+                    "method": r.method,
+                    "path": path,
+                    "description": description,
+                    "example": _curl(base, r.method, path, doc),
+                }
+            )
+        return out
+
+    def listing(self, base: str | None = None) -> dict[str, Any]:
+        """What ``GET /_sim/`` answers."""
+        switches = self.switches()
+        defaults = self.switch_defaults()
+        return {
+            "simulator": self.name,
+            "control_routes": self.control_routes(base),
+            "switches": {
+                name: {"value": value, **({"default": defaults[name]} if name in defaults else {})}
+                for name, value in switches.items()
+            },
+        }
+
     # ----- request log ---------------------------------------------------------------
     def requests(self, route: str | None = None) -> list[RequestRecord]:
         with self._records_lock:
@@ -288,8 +412,11 @@ class SimServer:
         except _Drop:
             pass
         # Logged before answering, so whoever got the answer also finds it in the log.
-        if not control:
-            self._log_request(req, parts.query, route, resp.status if resp else None, fault)
+        # Control requests are logged too but not recorded: the record is the traffic of
+        # the clients under test, which tests count.
+        self._log_request(
+            req, parts.query, route, resp.status if resp else None, fault, record=not control
+        )
         if resp is None:
             h.close_connection = True
             try:
@@ -309,18 +436,21 @@ class SimServer:
         route: _Route | None,
         status: int | None,
         fault: Fault | None,
+        *,
+        record: bool = True,
     ) -> None:
-        record = RequestRecord(
-            at=self.clock.now(),
-            method=req.method,
-            path=req.path,
-            query=query,
-            route=route.name if route else "unknown",
-            status=status,
-            fault=fault.kind if fault else None,
-        )
-        with self._records_lock:
-            self._records.append(record)
+        if record:
+            entry = RequestRecord(
+                at=self.clock.now(),
+                method=req.method,
+                path=req.path,
+                query=query,
+                route=route.name if route else "unknown",
+                status=status,
+                fault=fault.kind if fault else None,
+            )
+            with self._records_lock:
+                self._records.append(entry)
         if self.log_requests:
             log.info(
                 "%s %s %s%s -> %s%s",
@@ -464,6 +594,7 @@ class SimServer:
     # ----- control surface -----------------------------------------------------------
     def _add_control_routes(self) -> None:
         p = CONTROL_PREFIX
+        self.add_route("GET", p + "?", self._ctl_listing, "sim.listing", control=True)
         self.add_route("GET", p + "faults", self._ctl_faults_get, "sim.faults", control=True)
         self.add_route("POST", p + "faults", self._ctl_faults_post, "sim.faults", control=True)
         self.add_route("DELETE", p + "faults", self._ctl_faults_delete, "sim.faults", control=True)
@@ -475,6 +606,17 @@ class SimServer:
         self.add_route("GET", p + "budget", self._ctl_budget_get, "sim.budget", control=True)
         self.add_route("POST", p + "budget", self._ctl_budget_post, "sim.budget", control=True)
         self.add_route("POST", p + "clock", self._ctl_clock_post, "sim.clock", control=True)
+
+    def _ctl_listing(self, req: Request, m: re.Match[str]) -> Response:
+        host = req.header("Host")
+        listing = self.listing(f"{self.scheme}://{host}" if host else None)
+        if req.query.get("format") == "text":
+            return Response(
+                200,
+                render_listing(listing).encode(),
+                {"Content-Type": "text/plain; charset=utf-8"},
+            )
+        return Response.json(200, listing)
 
     def _ctl_faults_get(self, req: Request, m: re.Match[str]) -> Response:
         return Response.json(200, [f.as_dict() for f in self.faults.pending()])
@@ -539,3 +681,76 @@ class SimServer:
         if "frozen" in spec:
             self.clock.freeze(bool(spec["frozen"]))
         return self._ctl_clock_get(req, m)
+
+
+# ----- the listing's helpers -------------------------------------------------------------
+
+_UNREAD = object()
+_WIRING = frozenset({"clock", "log_requests", "directory", "self"})
+_SECRET_NAME = re.compile(r"password|secret|token|api_?keys?|credential|users|clients", re.I)
+
+
+def _switch_params(cls: type) -> dict[str, inspect.Parameter]:
+    """Named constructor parameters of ``cls`` and its bases (the subclass's first)."""
+    params: dict[str, inspect.Parameter] = {}
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None or klass is object:
+            continue
+        for p in inspect.signature(init).parameters.values():
+            if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and _scalar_annotation(p):
+                params.setdefault(p.name, p)
+    return params
+
+
+def _scalar_annotation(p: inspect.Parameter) -> bool:
+    """Unannotated, or a plain scalar type: lists and mappings are data, not switches."""
+    ann = p.annotation
+    if ann is inspect.Parameter.empty:
+        return True
+    text = ann if isinstance(ann, str) else getattr(ann, "__name__", str(ann))
+    scalar = r"(?:bool|int|float|str|None|Literal\[[^]]*\])"
+    return re.fullmatch(rf"{scalar}(?: \| {scalar})*", text) is not None
+
+
+def _may_list(name: str) -> bool:
+    return name not in _WIRING and not name.endswith("_id") and not _SECRET_NAME.search(name)
+
+
+def _is_scalar(value: Any) -> bool:
+    return value is None or isinstance(value, bool | int | float | str)
+
+
+def _first_line(doc: str | None) -> str:
+    return (doc or "").strip().split("\n", 1)[0].strip()
+
+
+def _display_path(pattern: str) -> str:
+    """``incidents/(?P<rec>[^/]+)`` -> ``incidents/<rec>``; regex escapes undone."""
+    text = re.sub(r"\(\?P<(\w+)>[^)]*\)", r"<\1>", pattern)
+    return re.sub(r"\\(.)", r"\1", text)
+
+
+def _curl(base: str, method: str, path: str, doc: ControlDoc | None) -> str:
+    url = base + path + (f"?{doc.query}" if doc is not None and doc.query else "")
+    parts = ["curl", "-s"]
+    if method != "GET":
+        parts += ["-X", method]
+    parts.append(shlex.quote(url))
+    if doc is not None and doc.example is not None:
+        parts += ["-H", shlex.quote("Content-Type: application/json")]
+        parts += ["-d", shlex.quote(json.dumps(doc.example))]
+    return " ".join(parts)
+
+
+def render_listing(listing: Mapping[str, Any]) -> str:
+    """The listing as text for people (``GET /_sim/?format=text``)."""
+    lines = [f"{listing['simulator']} simulator: control routes"]
+    for r in listing["control_routes"]:
+        lines.append(f"  {r['method']:<6} {r['path']}  {r['description']}")
+        lines.append(f"         {r['example']}")
+    lines.append("switches (value, default):")
+    for name, s in listing["switches"].items():
+        default = f"default {json.dumps(s['default'])}" if "default" in s else "set at run time"
+        lines.append(f"  {name} = {json.dumps(s['value'])}  ({default})")
+    return "\n".join(lines) + "\n"

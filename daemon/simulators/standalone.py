@@ -38,6 +38,8 @@ def run_simulators(
         if k != "IXM_LOG_LEVEL":
             print(f"  export {k}='{v}'")
     print(f"Control surface: {pair.ivanti.url}/_sim/  and  {pair.xmatters.url}/_sim/")
+    print("  GET /_sim/ on each lists its control routes (an example curl each) and switches;")
+    print(f"  as text: curl -s '{pair.xmatters.url}/_sim/?format=text'")
     print(f'  e.g. curl -X POST {pair.ivanti.url}/_sim/incidents -d \'{{"Priority": "1"}}\'')
     stop = threading.Event()
 
