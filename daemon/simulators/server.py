@@ -20,6 +20,7 @@ import math
 import re
 import shlex
 import socket
+import ssl
 import threading
 import time
 from collections import Counter
@@ -152,6 +153,17 @@ class RequestBudget:
         }
 
 
+class _TLSServer(ThreadingHTTPServer):
+    """HTTPS: each accepted connection is wrapped, its handshake done in its own thread
+    (on the first read), so a client that never shakes hands blocks nobody else."""
+
+    tls: ssl.SSLContext
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        sock, addr = super().get_request()
+        return self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), addr
+
+
 class _Drop(Exception):
     """Internal: close the connection without an answer."""
 
@@ -191,6 +203,7 @@ class SimServer:
         self._records_lock = threading.Lock()
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self._tls: ssl.SSLContext | None = None
         self._add_control_routes()
 
     # ----- routing -------------------------------------------------------------------
@@ -213,8 +226,14 @@ class SimServer:
         return Response.json(status, {"error": message, **extra})
 
     # ----- lifecycle -----------------------------------------------------------------
-    def start(self, host: str = "127.0.0.1", port: int = 0) -> SimServer:
+    def start(
+        self, host: str = "127.0.0.1", port: int = 0, *, tls: ssl.SSLContext | None = None
+    ) -> SimServer:
+        """Serve on ``host:port`` (0: any free port); with ``tls`` (a server-side context
+        holding a certificate) over HTTPS, as the real services are: some clients build
+        ``https://`` URLs whatever they are given."""
         server = self
+        self._tls = tls
 
         class _Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
@@ -238,7 +257,9 @@ class SimServer:
 
             do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _serve
 
-        self._httpd = ThreadingHTTPServer((host, port), _Handler)
+        self._httpd = (_TLSServer if tls else ThreadingHTTPServer)((host, port), _Handler)
+        if tls is not None:
+            self._httpd.tls = tls  # type: ignore[attr-defined]
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(
             target=self._httpd.serve_forever,
@@ -274,11 +295,11 @@ class SimServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     @property
     def scheme(self) -> str:
-        return "http"
+        return "https" if self._tls is not None else "http"
 
     # ----- switches and the listing ----------------------------------------------------
     def switches(self) -> dict[str, Any]:
