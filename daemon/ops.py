@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import sys
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -115,14 +116,60 @@ def _cell(value: object) -> str:
     return str(value)
 
 
+def output_width() -> int | None:
+    """How wide a table may be: ``COLUMNS`` when set, else the terminal's width when
+    stdout is a terminal, else None (a pipe or a file keeps every column whole, rather
+    than the 80 columns ``shutil.get_terminal_size`` falls back to)."""
+    env = os.environ.get("COLUMNS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    try:
+        if not os.isatty(sys.stdout.fileno()):
+            return None
+    except (AttributeError, OSError, ValueError):  # replaced or closed stdout
+        return None
+    return shutil.get_terminal_size().columns
+
+
+_FIT_FLOOR = 5  # a column cut to fit the terminal keeps at least this much (or its header)
+
+
+def _fit_columns(
+    col: list[int], headers: Sequence[str], numeric: Sequence[bool], width: int
+) -> list[int]:
+    """Narrow the widest text columns, one character at a time, until the row fits in
+    ``width``; numbers and headers are never cut (if even that is too wide, the terminal
+    wraps)."""
+    fitted = list(col)
+    floors = [
+        c if numeric[i] else min(c, max(len(headers[i]), _FIT_FLOOR)) for i, c in enumerate(col)
+    ]
+    excess = sum(fitted) + 2 * (len(fitted) - 1) - width
+    while excess > 0:
+        shrinkable = [i for i, c in enumerate(fitted) if c > floors[i]]
+        if not shrinkable:
+            break
+        widest = max(shrinkable, key=lambda i: fitted[i])
+        fitted[widest] -= 1
+        excess -= 1
+    return fitted
+
+
+_AUTO = -1
+
+
 def table(
     headers: Sequence[str],
     rows: Iterable[Sequence[object]],
     *,
     max_width: int = 60,
     widths: Mapping[int, int] | None = None,
+    width: int | None = _AUTO,
 ) -> str:
-    """Aligned columns; long cells cut with ``…``; all-numeric columns right-aligned."""
+    """Aligned columns; long cells cut with ``…``; all-numeric columns right-aligned.
+
+    ``width``: the line width to fit in, by narrowing the widest text columns (default:
+    ``output_width()``, the terminal's; None: no fitting, as for a pipe)."""
     limits = dict(widths or {})
     cells = [
         [truncate(_cell(v), limits.get(i, max_width)) for i, v in enumerate(row)] for row in rows
@@ -134,6 +181,11 @@ def table(
                 raw_numeric[i] = False
     col = [max([len(h)] + [len(row[i]) for row in cells]) for i, h in enumerate(headers)]
     numeric = [raw_numeric[i] and bool(cells) for i in range(len(headers))]
+    if width == _AUTO:
+        width = output_width()
+    if width is not None:
+        col = _fit_columns(col, headers, numeric, width)
+        cells = [[truncate(v, col[i]) for i, v in enumerate(row)] for row in cells]
 
     def line(values: Sequence[str]) -> str:
         parts = [v.rjust(col[i]) if numeric[i] else v.ljust(col[i]) for i, v in enumerate(values)]
@@ -262,8 +314,14 @@ def gather_status(
     cycles: int = 10,
     deadman: float | None = None,
     schema: Mapping[str, Any] | None = None,
+    overlap: float | None = None,
 ) -> dict[str, Any]:
-    """Everything ``status`` shows, as JSON-ready values."""
+    """Everything ``status`` shows, as JSON-ready values.
+
+    ``lag_s`` is now - watermark: the watermark trails by IXM_OVERLAP on purpose (each poll
+    re-reads that window for saves Ivanti commits late), so a healthy daemon shows about
+    overlap + one poll interval. ``lag_beyond_overlap_s`` takes the overlap off: about 0
+    to one poll interval when healthy, growing when polls fail."""
     state = u.all_state()
     polls = [
         t for t in (_state_time(state, "last_ok_poll"), _state_time(state, "last_ok_baseline")) if t
@@ -287,6 +345,12 @@ def gather_status(
         "deadman_s": deadman,
         "watermark": iso(watermark),
         "lag_s": _age_s(watermark, now),
+        "overlap_s": overlap,
+        "lag_beyond_overlap_s": (
+            None
+            if overlap is None or watermark is None
+            else max(0.0, (_age_s(watermark, now) or 0.0) - overlap)
+        ),
         "baseline_done": iso(_state_time(state, "baseline_done")),
         "last_reconcile": iso(_state_time(state, "last_reconcile")),
         "cycles": [cycle_dict(c) for c in u.last_cycles(limit=cycles)],
@@ -337,6 +401,12 @@ def render_status(d: Mapping[str, Any], now: datetime) -> str:
     wm_line = (
         "none (baseline not taken yet)" if wm is None else f"{iso(wm)}  lag {span(d['lag_s'] or 0)}"
     )
+    if wm is not None and d.get("overlap_s") is not None:
+        # The cursor trails by the overlap on purpose: say so, and what is left of the lag.
+        wm_line += (
+            f" = {span(d['overlap_s'])} IXM_OVERLAP (re-read on purpose)"
+            f" + {span(d['lag_beyond_overlap_s'] or 0)} behind"
+        )
     ob = d["outbox"]
     outbox_line = ", ".join(f"{k} {v}" for k, v in ob.items())
     if d["dead_letters"]:
@@ -1544,7 +1614,12 @@ def _cmd_status(args: argparse.Namespace) -> int:
             "up_to_date": revision == newest,
         }
         data = gather_status(
-            u, now=now, cycles=args.cycles, deadman=settings.ops.deadman, schema=schema
+            u,
+            now=now,
+            cycles=args.cycles,
+            deadman=settings.ops.deadman,
+            schema=schema,
+            overlap=settings.poll.overlap,
         )
         data["leader"] = _leader(store, settings)
         if args.json:
