@@ -9,6 +9,9 @@ What each series answers for the person on call:
 * ``ixm_poll_lag_seconds`` - how far behind Ivanti the daemon reads (now - watermark). The
   watermark deliberately trails by ``IXM_OVERLAP``, so a healthy daemon sits at about
   overlap + poll interval; a steadily growing value means polls are failing.
+* ``ixm_poll_lag_beyond_overlap_seconds`` - the same lag less ``IXM_OVERLAP``: about 0 to
+  one poll interval when healthy, whatever the overlap is set to, so a plain threshold
+  (say, 5 poll intervals) reads it right. Alert on this one.
 * ``ixm_last_successful_poll_timestamp_seconds`` - for "no successful poll in N minutes"
   alerts that survive restarts of Prometheus (``time() - metric``).
 * ``ixm_cycle_duration_seconds{kind}`` - poll / baseline / reconcile durations.
@@ -62,15 +65,23 @@ class Metrics:
         registry: CollectorRegistry | None = None,
         *,
         now: Callable[[], datetime] = utcnow,
+        overlap: float = 0.0,
     ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         self.now = now
+        self.overlap = overlap  # IXM_OVERLAP: how far the watermark trails on purpose
         self._server: Any = None
         self._thread: threading.Thread | None = None
         r = self.registry
         self.poll_lag = Gauge(
             "ixm_poll_lag_seconds",
             "Seconds between now and the poll watermark (includes the deliberate IXM_OVERLAP)",
+            registry=r,
+        )
+        self.poll_lag_beyond_overlap = Gauge(
+            "ixm_poll_lag_beyond_overlap_seconds",
+            "Seconds the poll watermark trails beyond the deliberate IXM_OVERLAP "
+            "(healthy: under a poll interval or two); alert on this, not on ixm_poll_lag_seconds",
             registry=r,
         )
         self.cycle_duration = Histogram(
@@ -156,7 +167,7 @@ class Metrics:
             self.transitions.labels(kind=transition.kind.value).inc()
         self.last_ok_poll.set(now.timestamp())
         if result.watermark_after is not None:
-            self.poll_lag.set(max(0.0, (now - result.watermark_after).total_seconds()))
+            self._set_lag((now - result.watermark_after).total_seconds())
 
     def observe_delivery(self, result: DeliveryResult, store: Store | None = None) -> None:
         """One deliverer round.
@@ -221,7 +232,11 @@ class Metrics:
                 watermark = parse_utc(raw)
             except ValueError:
                 return
-            self.poll_lag.set(max(0.0, (self.now() - watermark).total_seconds()))
+            self._set_lag((self.now() - watermark).total_seconds())
+
+    def _set_lag(self, lag_s: float) -> None:
+        self.poll_lag.set(max(0.0, lag_s))
+        self.poll_lag_beyond_overlap.set(max(0.0, lag_s - self.overlap))
 
     # ----- exposition --------------------------------------------------------------------
     def render(self) -> bytes:

@@ -126,7 +126,7 @@ class Service:
         self.ivanti = ivanti or build_ivanti(settings, **http)
         self.xm = xmatters or build_xmatters(settings, **http)
         self.lock = threading.Lock()
-        self.metrics = Metrics(now=now)
+        self.metrics = Metrics(now=now, overlap=settings.poll.overlap)
         self.last_poll_ok: datetime | None = None
         self.last_progress: datetime | None = None  # a sweep's last committed page
         self._wb_behind = False  # the write-back lag is over WRITEBACK_LAG_WARN_S

@@ -177,3 +177,14 @@ def test_http_endpoint_serves_every_series(metrics: Metrics) -> None:
         assert series in body, series
     with pytest.raises(httpx.TransportError):
         httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2)
+
+
+def test_lag_beyond_overlap_is_what_a_threshold_should_watch() -> None:
+    """The watermark trails by IXM_OVERLAP on purpose: the second gauge takes it off."""
+    m = Metrics(now=lambda: NOW, overlap=60.0)
+    m.observe_poll(PollResult(kind="poll", watermark_after=NOW - timedelta(seconds=75)), 0.1)
+    got = samples(m)
+    assert got[("ixm_poll_lag_seconds", ())] == 75
+    assert got[("ixm_poll_lag_beyond_overlap_seconds", ())] == 15
+    m.observe_poll(PollResult(kind="poll", watermark_after=NOW - timedelta(seconds=30)), 0.1)
+    assert samples(m)[("ixm_poll_lag_beyond_overlap_seconds", ())] == 0
