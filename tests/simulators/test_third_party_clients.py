@@ -191,3 +191,22 @@ def test_annotations_list(xm: Any, sim: XMattersSimulator, event: Any) -> None:
     sim.comment(event["id"], person="jsmith", text="looking")
     got = xm.events_endpoint().get_event_by_id(event["id"])
     assert [a.comment for a in got.get_annotations()] == ["looking"]
+
+
+def test_client_retries_a_503_the_simulator_injects(
+    xm: Any, sim: XMattersSimulator, event: Any, ca_bundle: tuple[trustme.CA, Path]
+) -> None:
+    """The simulator's fault answers parse as the real service's: python-xmatters' own
+    retry (urllib3, Retry-After honoured) takes the 503 and the second answer is used."""
+    sim.clear_requests()
+    httpx.post(
+        f"{sim.url}/_sim/faults",
+        json={"kind": "status", "status": 503, "retry_after": 0, "path": "/events$"},
+        verify=ssl.create_default_context(cafile=str(ca_bundle[1])),
+        timeout=5,
+    )
+    assert [e.id for e in xm.events_endpoint().get_events()] == [event["id"]]
+    assert [(r.route, r.status) for r in sim.requests()] == [
+        ("xm.events.list", 503),
+        ("xm.events.list", 200),
+    ]
