@@ -614,7 +614,7 @@ class Poller:
                     page_baseline_critical=self.cfg.baseline_page_critical,
                 )
                 alerting = state.alerting if state is not None else False
-                actions = plan(verdict, snap, alerting=alerting)
+                actions = plan(verdict, snap, alerting=alerting, policy=self.cfg.policy)
                 reason = verdict.reason
                 if (
                     verdict.transition is None

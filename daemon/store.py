@@ -418,7 +418,7 @@ class Unit:
             "status": snap.status,
             "status_class": policy.status_class(snap.status).value,
             "priority": snap.priority,
-            "critical": policy.is_critical(snap.priority),
+            "critical": policy.critical(snap),
             "owner": snap.owner,
             "owner_team": snap.owner_team,
             "last_mod": snap.last_mod,
