@@ -1114,6 +1114,20 @@ def rules_fields(env_extra_fields: Iterable[str]) -> tuple[str, ...]:
     return tuple(CORE_FIELDS) + tuple(env_extra_fields)
 
 
+def rules_file_settings(
+    environ: Mapping[str, str] | None = None, *, env_file: str | Path | None = None
+) -> tuple[str | None, tuple[str, ...]]:
+    """IXM_RULES_FILE and IVANTI_EXTRA_FIELDS alone, for ``rules check`` (which reports
+    the file's problems itself, and needs nothing else of the settings)."""
+    env = _Env(_merged_environment(environ, env_file))
+    path = env.raw("IXM_RULES_FILE")
+    try:
+        extras = _extra_fields(env)
+    except ConfigError:
+        extras = ()
+    return (str(Path(path).expanduser()) if path else None), extras
+
+
 def _load_rules(env: _Env) -> RuleSet | None:
     """IXM_RULES_FILE: unset, no rules (the settings decide as they always did)."""
     path = env.raw("IXM_RULES_FILE")

@@ -154,6 +154,8 @@ class Verdict:
 
     transition: Transition | None
     reason: str
+    # The use case the rules file held back (off, or its ``when`` did not match), if any.
+    held: TransitionKind | None = None
 
 
 class ActionKind(StrEnum):

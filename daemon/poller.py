@@ -115,6 +115,8 @@ class PollResult:
     rejected: int = 0
     requests: int = 0
     transitions: list[Transition] = field(default_factory=list)
+    # use cases the rules file held back (off, or its criterion did not match), with why
+    held: list[Transition] = field(default_factory=list)
     actions: list[PlannedAction] = field(default_factory=list)
     watermark_before: datetime | None = None
     watermark_after: datetime | None = None
@@ -644,6 +646,18 @@ class Poller:
                         kind=verdict.transition.kind.value,
                         reason=verdict.transition.reason,
                         actions=",".join(a.kind.value for a in actions) or "none",
+                        dry_run=dry_run,
+                    )
+                if verdict.held is not None:
+                    result.held.append(Transition(verdict.held, snap.rec_id, verdict.reason))
+                    log_event(
+                        log,
+                        logging.INFO,
+                        "held back by the rules file",
+                        incident=snap.incident_number,
+                        rec_id=snap.rec_id,
+                        kind=verdict.held.value,
+                        reason=verdict.reason,
                         dry_run=dry_run,
                     )
                 result.actions.extend(actions)

@@ -265,10 +265,14 @@ def _use_case_rule(verdict: Verdict, cur: Snapshot, policy: Policy) -> Verdict:
     rule = policy.rules.rule(kind)
     where = f"rule use_cases.{KEY_OF[kind]} (rules file line {rule.line})"
     if not rule.enabled:
-        return _none(f"{kind.value} not sent: {where} turns it off ({verdict.reason})")
+        return Verdict(
+            None, f"{kind.value} not sent: {where} turns it off ({verdict.reason})", held=kind
+        )
     if rule.when is not None and not rule.when.matches(cur):
-        return _none(
-            f"{kind.value} not sent: {where} when {rule.when} does not match ({verdict.reason})"
+        return Verdict(
+            None,
+            f"{kind.value} not sent: {where} when {rule.when} does not match ({verdict.reason})",
+            held=kind,
         )
     when = f" when {rule.when} matched" if rule.when is not None else " is on"
     return _fire(kind, cur, f"{verdict.reason}; {where}{when}")
