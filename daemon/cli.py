@@ -480,6 +480,8 @@ def _run(settings: Settings, *, dry_run: bool) -> int:
     except DryRunUnavailable as exc:
         print(f"dry run not possible: {exc}", file=sys.stderr)
         return 1
+    # systemctl reload: the rules file is read again (daemon/service.py reload_rules)
+    signal.signal(signal.SIGHUP, lambda signum, frame: service.reload_requested.set())
     try:
         service.run(stop)
     finally:

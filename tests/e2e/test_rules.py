@@ -235,3 +235,31 @@ def test_rules_check_reports_every_problem_with_its_line_and_start_refuses(
     out = capsys.readouterr().out
     assert f"{good}: ok" in out
     assert "team 'Network Ops (EMEA)' -> xMatters group 'Network Operations'" in out
+
+
+def test_a_reload_applies_new_rules_to_new_changes_only_and_a_broken_file_is_refused(
+    sims: SimPair, make_service: MakeService, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SIGHUP (systemctl reload) swaps the rules in the running daemon: no storm for what
+    the new rules newly match; a broken file keeps the rules in use."""
+    path = tmp_path / "rules.toml"
+    path.write_text("critical = \"Priority eq '1'\"\n")
+    svc = started(make_service, sims, IXM_RULES_FILE=str(path))
+    open_p2 = [sims.ivanti.create_incident(Priority="2", OwnerTeam=NET) for _ in range(3)]
+    cycle(svc, sims)
+    path.write_text('critical = "Priority le 2"\n')
+    assert svc.reload_rules()
+    for inc in open_p2:
+        sims.ivanti.edit_incident(inc["RecId"], Subject="edited after the reload")
+    cycle(svc, sims)
+    assert created_types(sims) == []
+    fresh = sims.ivanti.create_incident(Priority="2", OwnerTeam=NET)
+    cycle(svc, sims)
+    assert created_types(sims) == [(str(fresh["IncidentNumber"]), "New Incident")]
+
+    path.write_text('critical = "Priority eq"\n')
+    assert not svc.reload_rules()
+    assert "reload refused: the rules file is broken" in caplog.text
+    another = sims.ivanti.create_incident(Priority="2", OwnerTeam=NET)
+    cycle(svc, sims)  # still the rules from before: P2 is critical
+    assert created_types(sims)[-1] == (str(another["IncidentNumber"]), "New Incident")
