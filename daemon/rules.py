@@ -41,9 +41,11 @@ import re
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from odata_query import ast
 from odata_query import exceptions as odata_exc
@@ -59,7 +61,8 @@ USE_CASE_KEYS: Mapping[str, TransitionKind] = MappingProxyType(
 )
 KEY_OF: Mapping[TransitionKind, str] = MappingProxyType({k: n for n, k in USE_CASE_KEYS.items()})
 
-_TOP_KEYS = ("critical", "use_cases", "teams")
+_TOP_KEYS = ("critical", "use_cases", "teams", "windows")
+_WINDOW_KEYS = ("name", "teams", "when", "start", "end", "cron", "duration", "timezone")
 _USE_CASE_FIELDS = ("enabled", "when")
 _TEAM_KEYS = ("default", "groups")
 
@@ -339,6 +342,87 @@ class TeamMap:
         return self.default or team
 
 
+_DOW_NAMES = ("sun", "mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+def _cron_trigger(expr: str, tz: ZoneInfo) -> Any:
+    """A standard 5-field crontab line as an APScheduler trigger. Its day-of-week field
+    counts 0 = Monday, cron's 0 = Sunday: numbers there are turned into names first."""
+    from apscheduler.triggers.cron import CronTrigger
+
+    fields = expr.split()
+    if len(fields) == 5:
+        fields[4] = re.sub(r"\d+", lambda m: _dow(m.group(0)), fields[4])
+    return CronTrigger.from_crontab(" ".join(fields), timezone=tz)
+
+
+def _dow(number: str) -> str:
+    n = int(number)
+    if n > 7:
+        raise ValueError(f"day of week {n} is not 0-7")
+    return _DOW_NAMES[n]
+
+
+@dataclass(frozen=True)
+class Window:
+    """A maintenance window: pages for the incidents it covers are held while it is open.
+
+    It covers an incident whose OwnerTeam is in ``teams`` (any team when empty) and that
+    ``when`` matches (any when None). One-off: ``start`` .. ``end``; recurring: each time
+    ``cron`` fires (in ``timezone``), for ``duration``.
+    """
+
+    name: str
+    timezone: str = "UTC"
+    teams: tuple[str, ...] = ()
+    when: Criterion | None = None
+    start: datetime | None = None
+    end: datetime | None = None
+    cron: str = ""
+    duration: timedelta = timedelta(0)
+    line: int = 0
+
+    def covers(self, snap: Snapshot) -> bool:
+        if self.teams and _team_key(snap.owner_team) not in {_team_key(t) for t in self.teams}:
+            return False
+        return self.when is None or self.when.matches(snap)
+
+    def open_until(self, now: datetime) -> datetime | None:
+        """The end (UTC) of the occurrence open at ``now``, or None when it is closed."""
+        if self.start is not None and self.end is not None:
+            return self.end if self.start <= now < self.end else None
+        if not self.cron:
+            return None
+        trigger = _cron_trigger(self.cron, ZoneInfo(self.timezone))
+        fire = trigger.get_next_fire_time(None, now - self.duration)
+        until: datetime | None = None
+        while fire is not None and fire <= now:  # overlapping occurrences: the latest end
+            end = fire.astimezone(UTC) + self.duration
+            if end > now:
+                until = end
+            fire = trigger.get_next_fire_time(fire, fire + timedelta(seconds=1))
+        return until
+
+    def shown(self, at: datetime) -> str:
+        """``at`` as people of this window read it: ``02:00 UTC``, with the date if not today."""
+        local = at.astimezone(ZoneInfo(self.timezone))
+        return f"{local:%Y-%m-%d %H:%M} {self.timezone}"
+
+
+def holding_window(
+    windows: Iterable[Window], snap: Snapshot, now: datetime
+) -> tuple[Window, datetime] | None:
+    """The open window that covers ``snap`` at ``now`` and closes last, with its end."""
+    best: tuple[Window, datetime] | None = None
+    for window in windows:
+        if not window.covers(snap):
+            continue
+        until = window.open_until(now)
+        if until is not None and (best is None or until > best[1]):
+            best = (window, until)
+    return best
+
+
 @dataclass(frozen=True)
 class RuleSet:
     """What the rules file says; ``RuleSet()`` is the same as no file."""
@@ -349,6 +433,7 @@ class RuleSet:
         default_factory=lambda: MappingProxyType({})
     )
     teams: TeamMap = field(default_factory=TeamMap)
+    windows: tuple[Window, ...] = ()
 
     def rule(self, kind: TransitionKind) -> UseCaseRule:
         return self.use_cases.get(kind) or UseCaseRule(kind)
@@ -365,11 +450,21 @@ class RuleSet:
             lines.append(f"team {team!r} -> xMatters group {group!r}")
         if self.teams.default:
             lines.append(f"any other team -> xMatters group {self.teams.default!r}")
+        for w in self.windows:
+            scope = ", ".join(w.teams) if w.teams else "every team"
+            if w.when is not None:
+                scope += f", when {w.when}"
+            if w.start is not None and w.end is not None:
+                span = f"{w.shown(w.start)} to {w.shown(w.end)}"
+            else:
+                span = f"cron `{w.cron}` ({w.timezone}) for {w.duration}"
+            lines.append(f"window {w.name!r}: {span}; holds pages of {scope}")
         return lines
 
 
 # --------------------------------------------------------------------------- the file
 
+_ARRAY_HEADER = re.compile(r"^\s*\[\[\s*([^\[\]]+?)\s*\]\]\s*(#.*)?$")
 _HEADER = re.compile(r"^\s*\[\s*([^\[\]]+?)\s*\]\s*(#.*)?$")
 _KEY = re.compile(r"""^\s*("([^"]*)"|'([^']*)'|[A-Za-z0-9_-]+)\s*=""")
 _TOML_LINE = re.compile(r"at line (\d+)")
@@ -386,8 +481,14 @@ class _Lines:
     def __init__(self, text: str) -> None:
         self.tables: dict[tuple[str, ...], int] = {}
         self.keys: dict[tuple[str, ...], int] = {}
+        self.array_tables: dict[tuple[str, ...], list[int]] = {}
         table: tuple[str, ...] = ()
         for number, line in enumerate(text.splitlines(), start=1):
+            array = _ARRAY_HEADER.match(line)
+            if array:
+                table = _split_dotted(array.group(1))
+                self.array_tables.setdefault(table, []).append(number)
+                continue
             header = _HEADER.match(line)
             if header:
                 table = _split_dotted(header.group(1))
@@ -402,6 +503,8 @@ class _Lines:
                     self.tables.setdefault(path[:i], number)
 
     def of(self, *path: str) -> int:
+        if len(path) == 2 and path[0] == "@line":
+            return int(path[1]) or 1
         for i in range(len(path), 0, -1):
             found = self.keys.get(path[:i]) or self.tables.get(path[:i])
             if found:
@@ -451,6 +554,7 @@ def parse_rules(
     critical = criterion(("critical",), data["critical"]) if "critical" in data else None
     use_cases = _use_cases(data.get("use_cases", {}), problem, criterion, lines)
     teams = _teams(data.get("teams", {}), problem)
+    windows = _windows(data.get("windows", []), problem, fields, lines)
     if problems:
         raise RulesError(path, problems)
     return RuleSet(
@@ -458,6 +562,7 @@ def parse_rules(
         critical=critical,
         use_cases=MappingProxyType(use_cases),
         teams=teams,
+        windows=windows,
     )
 
 
@@ -533,6 +638,141 @@ def _teams(raw: Any, problem: Callable[[tuple[str, ...], str], None]) -> TeamMap
         seen[key] = team
         groups[team] = group.strip()
     return TeamMap(MappingProxyType(groups), default.strip())
+
+
+_DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+
+
+def _duration(value: Any) -> timedelta | None:
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return timedelta(seconds=value)
+    if isinstance(value, str):
+        m = _DURATION.match(value.strip().replace(" ", ""))
+        if m and any(m.groups()):
+            d, h, mi, se = (int(g or 0) for g in m.groups())
+            span = timedelta(days=d, hours=h, minutes=mi, seconds=se)
+            return span if span > timedelta(0) else None
+    return None
+
+
+def _instant(value: Any, tz: ZoneInfo) -> datetime | None:
+    """A TOML date-time (with offset, or local: read in the window's time zone) or the
+    same as an ISO text, in UTC."""
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError:
+            return None
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=tz)
+        return value.astimezone(UTC)
+    if isinstance(value, date):
+        return datetime(value.year, value.month, value.day, tzinfo=tz).astimezone(UTC)
+    return None
+
+
+def _windows(
+    raw: Any,
+    problem: Callable[[tuple[str, ...], str], None],
+    fields: Iterable[str],
+    lines: _Lines,
+) -> tuple[Window, ...]:
+    if not isinstance(raw, list):
+        problem(("windows",), "windows must be a list of tables ([[windows]] name = ...)")
+        return ()
+    out: list[Window] = []
+    names: set[str] = set()
+    headers = iter(lines.array_tables.get(("windows",), []))
+    for i, body in enumerate(raw):
+        line = next(headers, 0)
+
+        def bad(message: str, line: int = line) -> None:
+            problem(("@line", str(line)), message)
+
+        if not isinstance(body, dict):
+            bad(f"windows entry {i + 1} must be a table")
+            continue
+        name = body.get("name")
+        label = f"window {name!r}" if isinstance(name, str) and name else f"window {i + 1}"
+        for key in body:
+            if key not in _WINDOW_KEYS:
+                bad(f"unknown key {key!r} in {label}; {_did_you_mean(key, _WINDOW_KEYS)}")
+        if not isinstance(name, str) or not name.strip():
+            bad(f'{label} needs a name (name = "core-switch upgrade")')
+            continue
+        if name in names:
+            bad(f"{label} is defined twice; names must be unique")
+        names.add(name)
+        tz_name = body.get("timezone", "UTC")
+        try:
+            tz = ZoneInfo(tz_name) if isinstance(tz_name, str) else None
+        except (ZoneInfoNotFoundError, ValueError):
+            tz = None
+        if tz is None:
+            bad(f'{label}: timezone {tz_name!r} is not a time zone; use e.g. "Europe/Berlin"')
+            continue
+        teams = body.get("teams", [])
+        if isinstance(teams, str):
+            teams = [teams]
+        if not isinstance(teams, list) or not all(isinstance(t, str) for t in teams):
+            bad(f"{label}: teams must be a list of Ivanti Owner Team names")
+            teams = []
+        when = None
+        if "when" in body:
+            text = body["when"]
+            try:
+                if not isinstance(text, str):
+                    raise FilterSyntaxError("it must be a text (an OData $filter in quotes)")
+                when = compile_criterion(text, known_fields=fields, where=f"{label} (line {line})")
+            except FilterSyntaxError as exc:
+                bad(f"{label}: when = {text!r}: {exc}")
+        one_off = "start" in body or "end" in body
+        recurring = "cron" in body or "duration" in body
+        start = end = None
+        cron, duration = "", timedelta(0)
+        if one_off == recurring:
+            bad(f"{label}: give either start and end (one-off) or cron and duration (recurring)")
+            continue
+        if one_off:
+            start, end = _instant(body.get("start"), tz), _instant(body.get("end"), tz)
+            if start is None or end is None:
+                bad(f"{label}: start and end must both be date-times, e.g. 2026-12-05T01:00:00")
+                continue
+            if end <= start:
+                bad(f"{label}: end must be after start")
+                continue
+        else:
+            cron = body.get("cron", "")
+            got = _duration(body.get("duration"))
+            if got is None:
+                bad(f'{label}: duration must be e.g. "2h", "90m" or "1h30m"')
+                continue
+            duration = got
+            try:
+                if not isinstance(cron, str):
+                    raise ValueError("it must be a text")
+                _cron_trigger(cron, tz)
+            except ValueError as exc:
+                bad(
+                    f"{label}: cron {cron!r} is not a crontab line (minute hour day month "
+                    f'weekday, e.g. "0 1 * * sat"): {exc}'
+                )
+                continue
+        out.append(
+            Window(
+                name=name,
+                timezone=tz_name,
+                teams=tuple(teams),
+                when=when,
+                start=start,
+                end=end,
+                cron=cron,
+                duration=duration,
+                line=line,
+            )
+        )
+    return tuple(out)
 
 
 def load_rules(path: str | Path, *, known_fields: Iterable[str] | None = None) -> RuleSet:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from datetime import UTC, datetime
 from typing import Any
 
 from daemon.config import EX_CONFIG, rules_fields, rules_file_settings
@@ -94,7 +95,11 @@ def _located(path: str, problem: str) -> str:
 
 
 def judge(
-    rules: RuleSet | None, policy: Policy, cur: Snapshot, prev: Snapshot | None
+    rules: RuleSet | None,
+    policy: Policy,
+    cur: Snapshot,
+    prev: Snapshot | None,
+    now: datetime | None = None,
 ) -> dict[str, Any]:
     """What the rules make of a snapshot: critical or not, each use case's rule, and the
     verdicts for it seen as new and for its last change. Pure."""
@@ -122,7 +127,20 @@ def judge(
     as_new = decide(None, cur, with_rules)
     last = decide(prev, cur, with_rules) if prev is not None else None
     critical = rules.critical if rules is not None else None
+    at = now or datetime.now(UTC)
+    windows = []
+    for w in rules.windows if rules is not None else ():
+        until = w.open_until(at) if w.covers(cur) else None
+        windows.append(
+            {
+                "window": w.name,
+                "line": w.line,
+                "covers": w.covers(cur),
+                "open_until": w.shown(until) if until else None,
+            }
+        )
     return {
+        "windows": windows,
         "critical": with_rules.critical(cur),
         "critical_by": f"critical = {critical}"
         if critical
@@ -200,6 +218,14 @@ def _test(args: argparse.Namespace) -> int:
         if uc["when"] is not None:
             when = f", when `{uc['when']}` {'matches' if uc['matches'] else 'does NOT match'}"
         print(f"  {uc['use_case']:<18} {state} ({uc['rule']}, line {uc['line']}){when}")
+    for w in data["windows"]:
+        if not w["covers"]:
+            state = "does not cover it"
+        elif w["open_until"]:
+            state = f"covers it and is OPEN until {w['open_until']}: its pages are held"
+        else:
+            state = "covers it, closed now"
+        print(f"  window {w['window']!r} (line {w['line']}) {state}")
     print(f"  seen as new now: {_line(data['as_new'])}")
     if data["last_change"] is not None:
         print(f"  its last change, judged again: {_line(data['last_change'])}")

@@ -24,6 +24,7 @@ from typing import Any
 from daemon import systemd
 from daemon.config import ConfigError, Settings
 from daemon.deliverer import Deliverer, DeliveryConfig, DeliveryResult
+from daemon.domain import PlannedAction
 from daemon.ivanti import IvantiClient
 from daemon.lease import FencedTransport, Leadership, is_postgres
 from daemon.logs import log_event
@@ -206,12 +207,15 @@ class Service:
     def poll_job(self, *, dry_run: bool = False) -> PollResult:
         dry_run = dry_run or self.dry_run
         t0 = time.monotonic()
+        started = self.now()
         try:
             result = self.poller.poll(dry_run=dry_run)  # takes self.lock itself
         except Exception as exc:
             self.metrics.observe_cycle("poll", time.monotonic() - t0)
             self._failed("ivanti", "poll", exc)
             raise
+        if not dry_run:
+            result.actions.extend(self.release_windows(closed_by=started))
         if not dry_run:
             self.metrics.observe_poll(result, time.monotonic() - t0)
         self.last_poll_ok = self.now()
@@ -483,6 +487,26 @@ class Service:
                 lead.release()  # a clean stop hands over at the standby's next try
                 lead.active, self.store.fence = False, None
             log_event(log, logging.INFO, "stopped")
+
+    def release_windows(self, *, closed_by: datetime) -> list[PlannedAction]:
+        """Page, once, what the maintenance windows closed by ``closed_by`` held and is
+        still open and critical (``daemon/windows.py``); after a successful poll, so the
+        incidents' state is the one read since the window closed."""
+        from daemon.windows import release_due
+
+        now = self.now()
+        with self.lock, self.store.unit() as u:
+            planned = release_due(u, self.settings.policy, closed_by=closed_by, now=now)
+        for action in planned:
+            log_event(
+                log,
+                logging.INFO,
+                "maintenance window closed: paging what it held",
+                rec_id=action.rec_id,
+                kind=str(action.payload.get("type")),
+                reason=action.reason,
+            )
+        return planned
 
     def reload_rules(self) -> bool:
         """Read the rules file (IXM_RULES_FILE, as at start) again and use it for the

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -263,3 +264,67 @@ def test_a_reload_applies_new_rules_to_new_changes_only_and_a_broken_file_is_ref
     another = sims.ivanti.create_incident(Priority="2", OwnerTeam=NET)
     cycle(svc, sims)  # still the rules from before: P2 is critical
     assert created_types(sims)[-1] == (str(another["IncidentNumber"]), "New Incident")
+
+
+def test_a_window_holds_pages_then_releases_what_is_still_open_and_critical_once(
+    sims: SimPair,
+    make_service: MakeService,
+    state_db_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    now = sims.clock.now()
+    start, end = now - timedelta(minutes=1), now + timedelta(minutes=10)
+    rules = write(
+        tmp_path,
+        "[[windows]]\n"
+        'name = "core-switch upgrade"\n'
+        f'teams = ["{NET}"]\n'
+        f"start = {start:%Y-%m-%dT%H:%M:%S}Z\n"
+        f"end = {end:%Y-%m-%dT%H:%M:%S}Z\n",
+    )
+    svc = started(make_service, sims, IXM_RULES_FILE=rules)
+    kept = sims.ivanti.create_incident(Priority="1", OwnerTeam=NET, Subject="switch down")
+    fixed = sims.ivanti.create_incident(Priority="2", OwnerTeam=NET)
+    lowered = sims.ivanti.create_incident(Priority="1", OwnerTeam=NET)
+    elsewhere = sims.ivanti.create_incident(Priority="1", OwnerTeam=DB)
+    cycle(svc, sims)
+    # only the team outside the window is paged
+    assert created_types(sims) == [(str(elsewhere["IncidentNumber"]), "New Incident")]
+    # during the window: one is resolved, one lowered, one reassigned within the team
+    sims.ivanti.edit_incident(fixed["RecId"], Status="Resolved")
+    sims.ivanti.edit_incident(lowered["RecId"], Priority="4")
+    cycle(svc, sims)
+    assert len(created_types(sims)) == 1
+    assert sims.xmatters.triggers()[1:] == []  # nothing to terminate either: nothing paged
+
+    cli_env(sims, state_db_url, monkeypatch, IXM_RULES_FILE=rules)
+    capsys.readouterr()
+    assert main(["explain", str(kept["IncidentNumber"]), *ENV_FILE]) == 0
+    until = f"{end:%Y-%m-%d %H:%M} UTC"
+    assert f"New Incident held by window 'core-switch upgrade' until {until}" in (
+        capsys.readouterr().out
+    )
+
+    sims.clock.advance(10 * 60)  # the window closes
+    cycle(svc, sims)
+    assert created_types(sims)[1:] == [(str(kept["IncidentNumber"]), "New Incident")]
+    for _ in range(3):  # level-triggered, once: later polls page nobody again
+        cycle(svc, sims)
+    assert len(created_types(sims)) == 2
+    with svc.store.unit() as u:
+        outcomes = {
+            h.incident_number: h.outcome
+            for rec in (kept, fixed, lowered)
+            for h in u.holds_for(rec["RecId"])
+        }
+    assert outcomes[kept["IncidentNumber"]].startswith("paged: action #")
+    assert outcomes[fixed["IncidentNumber"]] == (
+        "not paged: resolved during the window (Status Resolved)"
+    )
+    assert outcomes[lowered["IncidentNumber"]] == "not paged: no longer critical (Priority 4)"
+    assert main(["explain", str(kept["IncidentNumber"]), *ENV_FILE]) == 0
+    out = capsys.readouterr().out
+    assert "window 'core-switch upgrade' closed" in out
+    assert "still open and critical, paging the New Incident held" in out

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from daemon.rules import (
     TeamMap,
     UseCaseRule,
     compile_criterion,
+    holding_window,
     parse_rules,
     priority_criterion,
 )
@@ -313,3 +315,79 @@ def test_planner_maps_the_team_in_the_payload_and_the_recipient() -> None:
     resolved = decide(cur, cur.with_changes(status="Resolved"), policy)
     (end,) = plan(resolved, cur, alerting=True, policy=policy)
     assert end.payload["workflow"]["OwnerTeam"] == "netops-emea"  # type: ignore[index]
+
+
+# ---------------------------------------------------------------- maintenance windows
+
+WINDOWS = """\
+[[windows]]
+name = "core-switch upgrade"
+teams = ["Network"]
+start = 2026-12-02T00:00:00Z
+end = 2026-12-02T02:00:00Z
+
+[[windows]]
+name = "saturday patching"
+when = "Category eq 'Server'"
+cron = "0 1 * * 6"
+duration = "3h"
+timezone = "Europe/Berlin"
+"""
+
+
+def utc(*args: int) -> datetime:
+    return datetime(*args, tzinfo=UTC)
+
+
+def test_a_one_off_window_is_open_from_start_to_end_for_its_teams() -> None:
+    (one_off, _) = parse_rules(WINDOWS).windows
+    assert one_off.open_until(utc(2026, 12, 2, 1, 0)) == utc(2026, 12, 2, 2, 0)
+    assert one_off.open_until(utc(2026, 12, 2, 2, 0)) is None
+    assert one_off.open_until(utc(2026, 12, 1, 23, 59)) is None
+    assert one_off.covers(snap(team=" network "))
+    assert not one_off.covers(snap(team="Database"))
+
+
+def test_a_recurring_window_follows_cron_in_its_time_zone() -> None:
+    (_, weekly) = parse_rules(WINDOWS).windows
+    # Saturday 5 December 2026, 01:00 in Berlin is 00:00 UTC; open for 3 h
+    assert weekly.open_until(utc(2026, 12, 5, 0, 0)) == utc(2026, 12, 5, 3, 0)
+    assert weekly.open_until(utc(2026, 12, 5, 2, 59)) == utc(2026, 12, 5, 3, 0)
+    assert weekly.open_until(utc(2026, 12, 5, 3, 0)) is None
+    assert weekly.open_until(utc(2026, 12, 4, 0, 30)) is None  # a Friday
+    assert weekly.shown(utc(2026, 12, 5, 3, 0)) == "2026-12-05 04:00 Europe/Berlin"
+    assert weekly.covers(with_fields(snap(), Category="server"))
+    assert not weekly.covers(with_fields(snap(), Category="Network"))
+
+
+def test_holding_window_picks_the_open_window_that_closes_last() -> None:
+    rules = parse_rules(
+        WINDOWS.replace('teams = ["Network"]', "")
+        + '[[windows]]\nname = "long"\nstart = 2026-12-01T00:00:00Z\nend = 2026-12-03T00:00:00Z\n'
+    )
+    found = holding_window(rules.windows, with_fields(snap(), Category="Server"), utc(2026, 12, 2))
+    assert found is not None and found[0].name == "long"
+    assert holding_window(rules.windows, snap(), utc(2026, 12, 4)) is None
+
+
+def test_window_problems_are_reported_with_the_line_of_their_table() -> None:
+    text = (
+        "[[windows]]\n"  # 1
+        'name = "a"\n'
+        'cron = "0 25 * * *"\n'
+        'duration = "2h"\n'
+        "[[windows]]\n"  # 5
+        'name = "b"\n'
+        "start = 2026-12-02T00:00:00Z\n"
+        "[[windows]]\n"  # 8
+        'name = "c"\n'
+        'timezone = "Mars/Olympus"\n'
+        'cron = "0 1 * * *"\n'
+        'duration = "1h"\n'
+    )
+    with pytest.raises(RulesError) as err:
+        parse_rules(text)
+    assert [p.split(":", 1)[0] for p in err.value.problems] == ["line 1", "line 5", "line 8"]
+    assert "cron '0 25 * * *' is not a crontab line" in err.value.problems[0]
+    assert "start and end must both be date-times" in err.value.problems[1]
+    assert "timezone 'Mars/Olympus' is not a time zone" in err.value.problems[2]
