@@ -40,6 +40,12 @@ def add_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     )
     test.add_argument("incident", metavar="INCIDENT", help="IncidentNumber or RecId")
     test.add_argument("--file", help="this rules file instead of IXM_RULES_FILE")
+    test.add_argument(
+        "--live",
+        action="store_true",
+        help="read the incident from Ivanti now (one read) and judge it against the stored "
+        "snapshot: what the next poll would decide",
+    )
     test.add_argument("--json", action="store_true", help="print machine-readable JSON")
 
 
@@ -170,40 +176,54 @@ def _test(args: argparse.Namespace) -> int:
             print(_located(exc.path, p), file=sys.stderr)
         return EX_CONFIG
     settings = load(args, require_targets=False)
-    try:
-        store = open_store(settings)
-    except NoDatabase as exc:
-        print(str(exc), file=sys.stderr)
-        return 1
+    stored: Snapshot | None = None
     prev: Snapshot | None = None
     recorded: str | None = None
     try:
-        with store.unit(rollback=True) as u:
-            row = u.find_incident(args.incident)
-            if row is None:
-                print(f"incident {args.incident!r} is not tracked", file=sys.stderr)
-                return 1
-            cur = snapshot_from_json(row.snapshot)
-            changes = u.changes_for(row.rec_id)
-            last = changes[-1] if changes else None
-            if last is not None:
-                recorded = last.transition or f"none: {last.reason}"
-                if last.prev_status is not None:  # the change before it, as the row keeps it
-                    prev = cur.with_changes(
-                        status=last.prev_status,
-                        priority=last.prev_priority or "",
-                        owner_team=last.prev_owner_team or "",
-                        owner=last.prev_owner or "",
-                    )
-    finally:
-        store.close()
+        store = open_store(settings)
+    except NoDatabase as exc:
+        if not args.live:
+            print(str(exc), file=sys.stderr)
+            return 1
+        store = None
+    if store is not None:
+        try:
+            with store.unit(rollback=True) as u:
+                row = u.find_incident(args.incident)
+                if row is not None:
+                    stored = snapshot_from_json(row.snapshot)
+                    changes = u.changes_for(row.rec_id)
+                    last = changes[-1] if changes else None
+                    if last is not None:
+                        recorded = last.transition or f"none: {last.reason}"
+                        if last.prev_status is not None:  # before it, as the row keeps it
+                            prev = stored.with_changes(
+                                status=last.prev_status,
+                                priority=last.prev_priority or "",
+                                owner_team=last.prev_owner_team or "",
+                                owner=last.prev_owner or "",
+                            )
+        finally:
+            store.close()
+    if args.live:
+        live = _read_live(settings, args.incident)
+        if isinstance(live, str):
+            print(live, file=sys.stderr)
+            return 1
+        cur, prev, recorded = live, stored, None
+    elif stored is None:
+        print(f"incident {args.incident!r} is not tracked", file=sys.stderr)
+        return 1
+    else:
+        cur = stored
     data = judge(rules, settings.policy, cur, prev)
     data.update(incident=cur.incident_number, rec_id=cur.rec_id, file=path)
     data["last_change_recorded"] = recorded
     if args.json:
         print(json.dumps(data, indent=2))
         return 0
-    print(f"Incident {cur.incident_number} (stored snapshot) under {path or 'no rules file'}")
+    source = "as read from Ivanti now" if args.live else "stored snapshot"
+    print(f"Incident {cur.incident_number} ({source}) under {path or 'no rules file'}")
     print(
         f"  Status {cur.status}, Priority {cur.priority or '(none)'}, "
         f"OwnerTeam {cur.owner_team or '(none)'}, Owner {cur.owner or '(none)'}"
@@ -227,10 +247,38 @@ def _test(args: argparse.Namespace) -> int:
             state = "covers it, closed now"
         print(f"  window {w['window']!r} (line {w['line']}) {state}")
     print(f"  seen as new now: {_line(data['as_new'])}")
-    if data["last_change"] is not None:
+    if data["last_change"] is not None and args.live:
+        print(f"  against the stored snapshot (the next poll): {_line(data['last_change'])}")
+    elif data["last_change"] is not None:
         print(f"  its last change, judged again: {_line(data['last_change'])}")
         print(f"    (recorded then: {data['last_change_recorded']})")
     return 0
+
+
+def _read_live(settings: Any, ref: str) -> Snapshot | str:
+    """The incident as Ivanti serves it now (one read), or a line saying why not."""
+    from daemon.service import build_ivanti
+    from daemon.snapshot import MalformedRecord, parse_incident
+
+    if settings.ivanti is None:
+        return "--live needs the Ivanti settings (IVANTI_BASE_URL and credentials)"
+    client = build_ivanti(settings)
+    try:
+        if ref.isdigit():
+            rows = client.query_incidents(
+                f"IncidentNumber eq {int(ref)}", "IncidentNumber asc", top=1
+            ).rows
+            raw = rows[0] if rows else None
+        else:
+            raw = client.get_incident(ref)
+    finally:
+        client.close()
+    if raw is None:
+        return f"incident {ref!r} not found in Ivanti"
+    try:
+        return parse_incident(raw, settings.ivanti.extra_fields)
+    except MalformedRecord as exc:
+        return f"incident {ref!r} cannot be read: {exc.problem}"
 
 
 def _line(v: dict[str, Any]) -> str:

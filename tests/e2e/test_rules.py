@@ -126,6 +126,11 @@ def test_a_per_use_case_criterion_pages_only_what_it_matches(
     # --dry-run shows what fires and what the rules hold back, with the rule
     new_p1 = sims.ivanti.create_incident(Priority="1", OwnerTeam=NET)
     sims.ivanti.edit_incident(p2_net["RecId"], OwnerTeam=DESK)  # held back
+    # rules test --live: Ivanti's record now against the stored one (what the next poll does)
+    assert main(["rules", "test", str(p2_net["IncidentNumber"]), "--live", *ENV_FILE]) == 0
+    out = capsys.readouterr().out
+    assert "(as read from Ivanti now)" in out
+    assert "against the stored snapshot (the next poll): nothing fires: Reassigned not sent" in out
     assert main(["once", "--dry-run", *ENV_FILE]) == 0
     out = capsys.readouterr().out
     assert f"transition {'New Incident':<18} INC {new_p1['IncidentNumber']}" in out
