@@ -333,3 +333,37 @@ def test_a_window_holds_pages_then_releases_what_is_still_open_and_critical_once
     out = capsys.readouterr().out
     assert "window 'core-switch upgrade' closed" in out
     assert "still open and critical, paging the New Incident held" in out
+
+
+def test_sighup_reloads_the_rules_of_the_running_service(
+    live_sims: SimPair, tmp_path: Path, state_db_url: str
+) -> None:
+    """`systemctl reload` (ExecReload sends SIGHUP) to the real process: the new rules
+    apply to new changes, nothing already open is paged, the daemon keeps running."""
+    import signal
+
+    from tests.e2e.daemons import Daemon, StateDB, daemon_env, started, wait_until
+
+    sims = live_sims
+    path = tmp_path / "rules.toml"
+    path.write_text("critical = \"Priority eq '1'\"\n")
+    d = Daemon(daemon_env(sims, state_db_url, IXM_RULES_FILE=str(path)), tmp_path / "d.log")
+    db = StateDB(state_db_url)
+    try:
+        started(d, db)
+        open_p2 = sims.ivanti.create_incident(Priority="2", OwnerTeam=NET)
+        wait_until(lambda: db.changes(open_p2["RecId"]) == 1, what="the P2 seen")
+        path.write_text('critical = "Priority le 2"\n')
+        assert d.proc is not None
+        d.proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: "rules file reloaded" in d.log() or not d.alive(), what="the reload")
+        assert d.alive(), d.log()
+        fresh = sims.ivanti.create_incident(Priority="2", OwnerTeam=NET)
+        wait_until(lambda: len(created_types(sims)) >= 1, what="the new P2 paged")
+        sims.ivanti.edit_incident(open_p2["RecId"], Subject="edited after the reload")
+        wait_until(lambda: db.changes(open_p2["RecId"]) == 2, what="the edit seen")
+        assert created_types(sims) == [(str(fresh["IncidentNumber"]), "New Incident")]
+        assert d.terminate() == 0, d.log()
+    finally:
+        d.cleanup()
+        db.close()
