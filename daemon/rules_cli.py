@@ -22,6 +22,10 @@ from daemon.snapshot import snapshot_from_json
 from daemon.transitions import decide
 
 
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
 def add_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     rules = sub.add_parser(
         "rules",
@@ -48,13 +52,30 @@ def add_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     )
     test.add_argument("--json", action="store_true", help="print machine-readable JSON")
 
+    page_open = rsub.add_parser(
+        "page-open",
+        help="page, on request, the open incidents the rules in use would page if they were "
+        "new and that are not paging (after a rules change); --apply WRITES",
+    )
+    page_open.add_argument(
+        "--apply", action="store_true", help="queue the pages (WRITES the state DB)"
+    )
+    page_open.add_argument(
+        "--include-baseline",
+        action="store_true",
+        help="also the incidents recorded at first start (the baseline)",
+    )
+    page_open.add_argument("--json", action="store_true", help="print machine-readable JSON")
+
 
 def dispatch(args: argparse.Namespace) -> int:
     if args.rules_command == "check":
         return _check(args)
     if args.rules_command == "test":
         return _test(args)
-    print("usage: ivanti-xmatters rules {check,test} ...", file=sys.stderr)
+    if args.rules_command == "page-open":
+        return _page_open(args)
+    print("usage: ivanti-xmatters rules {check,test,page-open} ...", file=sys.stderr)
     return 2
 
 
@@ -133,7 +154,7 @@ def judge(
     as_new = decide(None, cur, with_rules)
     last = decide(prev, cur, with_rules) if prev is not None else None
     critical = rules.critical if rules is not None else None
-    at = now or datetime.now(UTC)
+    at = now or utcnow()
     windows = []
     for w in rules.windows if rules is not None else ():
         until = w.open_until(at) if w.covers(cur) else None
@@ -252,6 +273,65 @@ def _test(args: argparse.Namespace) -> int:
     elif data["last_change"] is not None:
         print(f"  its last change, judged again: {_line(data['last_change'])}")
         print(f"    (recorded then: {data['last_change_recorded']})")
+    return 0
+
+
+def _page_open(args: argparse.Namespace) -> int:
+    """Rules judge changes, so a rule that newly matches an open incident does not page
+    it; this pages such incidents when the operator asks, each once (it is then alerting)."""
+    from daemon.cli import load
+    from daemon.ops import NoDatabase, open_store
+    from daemon.windows import queue_page
+
+    settings = load(args, require_targets=False)
+    policy = settings.policy
+    try:
+        store = open_store(settings)
+    except NoDatabase as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    now = utcnow()
+    found: list[dict[str, Any]] = []
+    try:
+        with store.unit(rollback=not args.apply) as u:
+            for row in u.quiet_open_incidents():
+                if row.baseline and not args.include_baseline:
+                    continue
+                snap = snapshot_from_json(row.snapshot)
+                verdict = decide(None, snap, policy)
+                if verdict.transition is None:
+                    continue
+                item: dict[str, Any] = {
+                    "incident": row.incident_number,
+                    "rec_id": row.rec_id,
+                    "priority": snap.priority,
+                    "team": snap.owner_team,
+                    "reason": verdict.reason,
+                }
+                if args.apply:
+                    reason = f"paged on request (rules page-open): {verdict.reason}"
+                    _, item["action"] = queue_page(
+                        u,
+                        row,
+                        verdict.transition.kind,
+                        reason,
+                        policy,
+                        now,
+                        source="rules",
+                    )
+                found.append(item)
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps({"applied": args.apply, "incidents": found}, indent=2))
+        return 0
+    verb = "queued a page for" if args.apply else "would page"
+    print(f"{verb} {len(found)} open incident{'s' * (len(found) != 1)} not paging:")
+    for item in found:
+        queued = f" (action #{item['action']})" if "action" in item else ""
+        print(f"  INC {item['incident']}{queued}: {item['reason']}")
+    if found and not args.apply:
+        print("run again with --apply to queue these pages (the daemon delivers them)")
     return 0
 
 

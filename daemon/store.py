@@ -715,6 +715,19 @@ class Unit:
         )
         return list(self.s.scalars(q))
 
+    def quiet_open_incidents(self) -> list[Incident]:
+        """Tracked open incidents with no live page of the daemon's, by IncidentNumber."""
+        q = (
+            select(Incident)
+            .where(
+                Incident.status_class == "open",
+                Incident.alerting.is_(False),
+                Incident.deleted.is_(False),
+            )
+            .order_by(Incident.incident_number)
+        )
+        return list(self.s.scalars(q))
+
     def holds_for(self, rec_id: str) -> list[WindowHold]:
         return list(
             self.s.scalars(

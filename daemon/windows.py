@@ -79,13 +79,32 @@ def _why_not(u: Unit, row: Incident | None, holds: list[WindowHold], policy: Pol
 def _page(
     u: Unit, row: Incident, holds: list[WindowHold], policy: Policy, now: datetime
 ) -> tuple[PlannedAction, str]:
-    snap = Unit.snapshot_of(row)
     latest = holds[-1]
     kind = TransitionKind(latest.kind)
     reason = (
         f"window '{latest.window}' closed ({iso_utc(latest.until)}): still open and critical, "
         f"paging the {kind.value} held at {iso_utc(latest.held_at)} ({latest.reason})"
     )
+    action, queued_id = queue_page(u, row, kind, reason, policy, now, source="window")
+    for hold in holds:
+        hold.outbox_id = queued_id
+    return action, f"paged: action #{queued_id}"
+
+
+def queue_page(
+    u: Unit,
+    row: Incident,
+    kind: TransitionKind,
+    reason: str,
+    policy: Policy,
+    now: datetime,
+    *,
+    source: str,
+) -> tuple[PlannedAction, int]:
+    """Queue a page for a tracked incident outside a poll (a window's release, an
+    operator's request): a change row of ``source`` saying why, the page planned as the
+    poller plans one (team map included), the incident marked alerting; the action id."""
+    snap = Unit.snapshot_of(row)
     verdict = Verdict(Transition(kind, row.rec_id, reason), reason)
     (action,) = plan(verdict, snap, alerting=row.alerting, policy=policy)
     assert action.kind is ActionKind.PAGE
@@ -107,7 +126,7 @@ def _page(
             owner=snap.owner,
             transition=kind.value,
             reason=reason,
-            source="window",
+            source=source,
         ),
         need_id=True,
     )
@@ -122,9 +141,10 @@ def _page(
         recipient=_recipient_key(action.payload.get("recipient")),
     )
     row.alerting = True
-    for hold in holds:
-        hold.outbox_id = queued.id
-    return action, f"paged: action #{queued.id}"
+    # as the rules in use judge it (the deliverer sends a page only while it is critical;
+    # a row saved under older rules may say otherwise)
+    row.critical = policy.critical(snap)
+    return action, queued.id
 
 
 def _recipient_key(recipient: object) -> str | None:

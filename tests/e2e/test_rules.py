@@ -367,3 +367,38 @@ def test_sighup_reloads_the_rules_of_the_running_service(
     finally:
         d.cleanup()
         db.close()
+
+
+def test_page_open_pages_what_new_rules_newly_match_only_when_asked(
+    sims: SimPair,
+    make_service: MakeService,
+    state_db_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    path = tmp_path / "rules.toml"
+    path.write_text("critical = \"Priority eq '1'\"\n")
+    svc = started(make_service, sims, IXM_RULES_FILE=str(path))
+    p2 = sims.ivanti.create_incident(Priority="2", OwnerTeam=NET)
+    p3 = sims.ivanti.create_incident(Priority="3", OwnerTeam=NET)
+    cycle(svc, sims)
+    path.write_text('critical = "Priority le 2"\n')
+    svc.close()
+    cli_env(sims, state_db_url, monkeypatch, IXM_RULES_FILE=str(path))
+    monkeypatch.setattr("daemon.rules_cli.utcnow", sims.clock.now)  # the daemon's clock
+    capsys.readouterr()
+    assert main(["rules", "page-open", *ENV_FILE]) == 0
+    out = capsys.readouterr().out
+    assert f"would page 1 open incident not paging:\n  INC {p2['IncidentNumber']}: new" in out
+    svc = make_service(IXM_RULES_FILE=str(path))
+    cycle(svc, sims)
+    assert created_types(sims) == []  # the restart alone pages nobody
+    assert main(["rules", "page-open", "--apply", *ENV_FILE]) == 0
+    assert "queued a page for 1 open incident" in capsys.readouterr().out
+    cycle(svc, sims)
+    cycle(svc, sims)
+    assert created_types(sims) == [(str(p2["IncidentNumber"]), "New Incident")]
+    assert main(["rules", "page-open", *ENV_FILE]) == 0  # once: it is paging now
+    assert "would page 0 open incidents" in capsys.readouterr().out
+    assert p3  # never critical: never listed
