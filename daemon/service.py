@@ -215,12 +215,12 @@ class Service:
             self._failed("ivanti", "poll", exc)
             raise
         if not dry_run:
-            result.actions.extend(self.release_windows(closed_by=started))
-        if not dry_run:
             self.metrics.observe_poll(result, time.monotonic() - t0)
         self.last_poll_ok = self.now()
         self.last_error.pop("ivanti", None)
         log_event(log, logging.INFO, f"{result.kind} done", dry_run=dry_run, **result.summary())
+        if not dry_run:  # after the poll's bookkeeping: the poll itself succeeded
+            result.actions.extend(self.release_windows(closed_by=started))
         return result
 
     def reconcile_job(self) -> PollResult:

@@ -180,6 +180,11 @@ def _reopened(prev: Snapshot, cur: Snapshot, policy: Policy) -> Verdict:
 def _both_open(prev: Snapshot, cur: Snapshot, policy: Policy) -> Verdict:
     was, now = policy.critical(prev), policy.critical(cur)
     priority = _change("Priority", prev.priority, cur.priority)
+    if was != now and prev.priority == cur.priority:
+        # only with a ``critical`` criterion over other fields: say what made the difference
+        priority = f"Priority {_v(cur.priority)} unchanged, {_custom_critical(policy)} " + (
+            "matches now" if now else "no longer matches"
+        )
     team = _change("OwnerTeam", prev.owner_team, cur.owner_team)
     if now and not was:
         also = (

@@ -391,3 +391,17 @@ def test_window_problems_are_reported_with_the_line_of_their_table() -> None:
     assert "cron '0 25 * * *' is not a crontab line" in err.value.problems[0]
     assert "start and end must both be date-times" in err.value.problems[1]
     assert "timezone 'Mars/Olympus' is not a time zone" in err.value.problems[2]
+
+
+def test_becoming_critical_by_another_field_is_an_upgrade_that_says_so() -> None:
+    policy = rules_policy("critical = \"Priority eq '1' or Category eq 'Security'\"\n")
+    before = with_fields(snap("Active", "4"), Category="Network")
+    after = with_fields(snap("Active", "4"), Category="Security")
+    up = decide(before, after, policy)
+    assert fired(up) is TransitionKind.PRIORITY_UPGRADE
+    assert up.reason.startswith(
+        "Priority 4 unchanged, critical = `Priority eq '1' or Category eq 'Security'` matches now"
+    )
+    down = decide(after, before, policy)
+    assert fired(down) is TransitionKind.PRIORITY_DOWNGRADE
+    assert "no longer matches, no longer critical" in down.reason
