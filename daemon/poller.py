@@ -659,7 +659,7 @@ class Poller:
                     log_event(
                         log,
                         logging.INFO,
-                        "held back by the rules file",
+                        "page held back (rules file: a use-case rule or a maintenance window)",
                         incident=snap.incident_number,
                         rec_id=snap.rec_id,
                         kind=verdict.held.value,

@@ -785,5 +785,11 @@ def load_rules(path: str | Path, *, known_fields: Iterable[str] | None = None) -
             shown, ["the file does not exist; create it or unset IXM_RULES_FILE"]
         ) from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise RulesError(shown, [f"cannot be read ({exc})"]) from None
+        raise RulesError(
+            shown,
+            [
+                f"cannot be read ({exc}); make it readable by the daemon's user (under systemd "
+                "with DynamicUser: mode 0644, in a directory others may enter)"
+            ],
+        ) from None
     return parse_rules(text, path=shown, known_fields=known_fields)
