@@ -13,7 +13,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from daemon import ops
+from daemon import ops, rules_cli
 from daemon.config import EX_CONFIG, ConfigError, Settings, hide_url_password, load_settings
 from daemon.logs import is_journal_stream, setup_logging
 from daemon.redact import redact
@@ -98,6 +98,7 @@ def _parser() -> argparse.ArgumentParser:
     dbsub.add_parser("current", help="show the DB's revision and the newest one")
 
     ops.add_commands(sub)
+    rules_cli.add_command(sub)
     comp = sub.add_parser(
         "completion",
         help="print a shell completion script (bash or zsh)",
@@ -261,6 +262,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         )
     if cmd == "db":
         return _db(args)
+    if cmd == "rules":
+        return rules_cli.dispatch(args)
     if cmd == "completion":
         from daemon.completion import script
 
@@ -368,7 +371,7 @@ def _incident_numbers(report: CycleReport, service: Any) -> dict[str, int]:
         number = workflow.get("IncidentID") if isinstance(workflow, dict) else None
         if isinstance(number, str | int) and str(number).isdigit():
             numbers[action.rec_id] = int(number)
-    missing = {t.rec_id for t in poll.transitions} - set(numbers)
+    missing = {t.rec_id for t in [*poll.transitions, *poll.held]} - set(numbers)
     if missing:
         with service.store.unit(rollback=True) as u:
             for rec_id in missing:
@@ -400,6 +403,15 @@ def _report_dict(
                 "reason": t.reason,
             }
             for t in (poll.transitions if poll else [])
+        ],
+        "held": [
+            {
+                "kind": t.kind.value,
+                "incident": numbers.get(t.rec_id),
+                "rec_id": t.rec_id,
+                "reason": t.reason,
+            }
+            for t in (poll.held if poll else [])
         ],
         "actions": [
             {
@@ -435,6 +447,8 @@ def _print_report(report: CycleReport, dry_run: bool, numbers: dict[str, int]) -
     )
     for t in d["transitions"]:
         print(f"  transition {t['kind']:<18} {_who(t)}  {t['reason']}")
+    for t in d["held"]:
+        print(f"  held back  {t['kind']:<18} {_who(t)}  {t['reason']}")
     for a in d["actions"]:
         verb = "would send" if dry_run else "queued"
         print(
@@ -466,6 +480,8 @@ def _run(settings: Settings, *, dry_run: bool) -> int:
     except DryRunUnavailable as exc:
         print(f"dry run not possible: {exc}", file=sys.stderr)
         return 1
+    # systemctl reload: the rules file is read again (daemon/service.py reload_rules)
+    signal.signal(signal.SIGHUP, lambda signum, frame: service.reload_requested.set())
     try:
         service.run(stop)
     finally:

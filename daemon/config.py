@@ -35,10 +35,13 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Literal, TypeVar
+from typing import TYPE_CHECKING, Literal, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
 from daemon.domain import Policy
+
+if TYPE_CHECKING:
+    from daemon.rules import RuleSet
 
 EX_CONFIG = 78  # sysexits.h: configuration error; the CLI exits with it
 
@@ -114,6 +117,7 @@ SETTING_NAMES: tuple[str, ...] = (
     "IXM_METRICS_ADDR",
     "IXM_DEADMAN",
     "IXM_LEASE_TTL",
+    "IXM_RULES_FILE",
 )
 # Read by the tooling around the daemon, not by it: not warned about.
 _TOOLING_NAMES = frozenset({"IXM_VENV", "IXM_SOAK_SEED", "IXM_TEST_POSTGRES"})
@@ -377,6 +381,7 @@ class Settings:
             ("IXM_STATUS_RESOLVED", _show(tuple(sorted(p.resolved_statuses)))),
             ("IXM_STATUS_CLOSED", _show(tuple(sorted(p.closed_statuses)))),
             ("IXM_STATUS_CANCELED", _show(tuple(sorted(p.canceled_statuses)))),
+            ("IXM_RULES_FILE", p.rules.path if p.rules is not None else "(not set)"),
         ]
 
     def _describe_runtime(self) -> list[tuple[str, str]]:
@@ -1098,7 +1103,52 @@ def _load_policy(env: _Env) -> Policy:
         resolved_statuses=classes["IXM_STATUS_RESOLVED"],
         closed_statuses=classes["IXM_STATUS_CLOSED"],
         canceled_statuses=classes["IXM_STATUS_CANCELED"],
+        rules=env.attempt(lambda: _load_rules(env), None, "IXM_RULES_FILE"),
     )
+
+
+def rules_fields(env_extra_fields: Iterable[str]) -> tuple[str, ...]:
+    """The fields a rule's criterion may name: the ones the daemon reads from Ivanti."""
+    from daemon.domain import CORE_FIELDS
+
+    return tuple(CORE_FIELDS) + tuple(env_extra_fields)
+
+
+def rules_file_settings(
+    environ: Mapping[str, str] | None = None, *, env_file: str | Path | None = None
+) -> tuple[str | None, tuple[str, ...]]:
+    """IXM_RULES_FILE and IVANTI_EXTRA_FIELDS alone, for ``rules check`` (which reports
+    the file's problems itself, and needs nothing else of the settings)."""
+    env = _Env(_merged_environment(environ, env_file))
+    path = env.raw("IXM_RULES_FILE")
+    try:
+        extras = _extra_fields(env)
+    except ConfigError:
+        extras = ()
+    return (str(Path(path).expanduser()) if path else None), extras
+
+
+def _load_rules(env: _Env) -> RuleSet | None:
+    """IXM_RULES_FILE: unset, no rules (the settings decide as they always did)."""
+    path = env.raw("IXM_RULES_FILE")
+    if path is None:
+        return None
+    from daemon.rules import RulesError, load_rules
+
+    try:
+        extras = _extra_fields(env)
+    except ConfigError:
+        extras = ()  # reported on its own
+    try:
+        return load_rules(Path(path).expanduser(), known_fields=rules_fields(extras))
+    except RulesError as exc:
+        raise ConfigError(
+            str(exc),
+            problems=[
+                f"IXM_RULES_FILE {exc.path} {p}; fix it (ivanti-xmatters rules check)"
+                for p in exc.problems
+            ],
+        ) from None
 
 
 def _critical_priorities(env: _Env) -> tuple[str, ...]:

@@ -10,6 +10,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from daemon.rules import RuleSet
 
 
 class TransitionKind(StrEnum):
@@ -112,6 +116,9 @@ class Policy:
     resolved_statuses: frozenset[str] = frozenset({"resolved"})
     closed_statuses: frozenset[str] = frozenset({"closed"})
     canceled_statuses: frozenset[str] = frozenset({"canceled", "cancelled"})
+    # The rules file (IXM_RULES_FILE): per-use-case criteria, "critical", the team map.
+    # None: no file, every decision as the settings above make it.
+    rules: RuleSet | None = None
 
     def status_class(self, status: str) -> StatusClass:
         """Resolved/closed/canceled by name; every other status (Logged, Active, Waiting…) is open."""
@@ -127,6 +134,12 @@ class Policy:
     def is_critical(self, priority: str) -> bool:
         return priority.strip() in self.critical_priorities
 
+    def critical(self, snap: Snapshot) -> bool:
+        """Critical by the rules file's ``critical`` criterion if it has one, else by Priority."""
+        if self.rules is not None and self.rules.critical is not None:
+            return self.rules.critical.matches(snap)
+        return self.is_critical(snap.priority)
+
 
 @dataclass(frozen=True)
 class Transition:
@@ -141,6 +154,8 @@ class Verdict:
 
     transition: Transition | None
     reason: str
+    # The use case the rules file held back (off, or its ``when`` did not match), if any.
+    held: TransitionKind | None = None
 
 
 class ActionKind(StrEnum):

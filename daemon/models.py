@@ -246,3 +246,25 @@ class Lease(Base):
     acquired_at: Mapped[datetime] = mapped_column(UTCDateTime)
     renewed_at: Mapped[datetime] = mapped_column(UTCDateTime)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class WindowHold(Base):
+    """A page a maintenance window held back (rules file ``[[windows]]``): recorded when
+    the transition was seen, released once when the window closes: paged then only if the
+    incident is still open and critical (``outcome`` says what happened)."""
+
+    __tablename__ = "window_holds"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    rec_id: Mapped[str] = mapped_column(String(32), index=True)
+    incident_number: Mapped[int] = mapped_column(Integer)
+    window: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(32))  # the use case held (New Incident, ...)
+    reason: Mapped[str] = mapped_column(Text)
+    change_id: Mapped[int | None] = mapped_column(ForeignKey("changes.id"))
+    held_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    until: Mapped[datetime] = mapped_column(UTCDateTime)  # the window's end, UTC
+    released_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    outcome: Mapped[str | None] = mapped_column(Text)
+    outbox_id: Mapped[int | None] = mapped_column(ForeignKey("outbox.id"))
+
+    __table_args__ = (Index("ix_window_holds_due", "released_at", "until"),)

@@ -72,11 +72,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from daemon.domain import ActionKind, PlannedAction, Policy, Snapshot, Transition
+from daemon.domain import ActionKind, PlannedAction, Policy, Snapshot, Transition, Verdict
 from daemon.ivanti import IvantiClient, odata_quote
 from daemon.logs import log_event
 from daemon.models import Change, Incident
 from daemon.planner import plan
+from daemon.rules import holding_window
 from daemon.snapshot import MalformedRecord, parse_incident, snapshot_from_json
 from daemon.store import IncidentState, Store, Unit
 from daemon.timeutil import iso_utc, odata_datetime_literal, parse_ivanti_datetime, parse_utc
@@ -115,6 +116,8 @@ class PollResult:
     rejected: int = 0
     requests: int = 0
     transitions: list[Transition] = field(default_factory=list)
+    # use cases the rules file held back (off, or its criterion did not match), with why
+    held: list[Transition] = field(default_factory=list)
     actions: list[PlannedAction] = field(default_factory=list)
     watermark_before: datetime | None = None
     watermark_after: datetime | None = None
@@ -613,8 +616,11 @@ class Poller:
                     baseline=row_baseline,
                     page_baseline_critical=self.cfg.baseline_page_critical,
                 )
+                hold = _window_hold(verdict, snap, self.cfg.policy, now)
+                if hold is not None:
+                    verdict = hold[0]
                 alerting = state.alerting if state is not None else False
-                actions = plan(verdict, snap, alerting=alerting)
+                actions = plan(verdict, snap, alerting=alerting, policy=self.cfg.policy)
                 reason = verdict.reason
                 if (
                     verdict.transition is None
@@ -628,6 +634,8 @@ class Poller:
                 change = writes.add_change(
                     self._change_values(prev, snap, verdict.transition, reason, now, result, source)
                 )
+                if hold is not None:
+                    writes.add_hold(change, snap, verdict, *hold[1:])
                 result.changes += 1
                 new_alerting: bool | None = None
                 for action in actions:
@@ -644,6 +652,18 @@ class Poller:
                         kind=verdict.transition.kind.value,
                         reason=verdict.transition.reason,
                         actions=",".join(a.kind.value for a in actions) or "none",
+                        dry_run=dry_run,
+                    )
+                if verdict.held is not None:
+                    result.held.append(Transition(verdict.held, snap.rec_id, verdict.reason))
+                    log_event(
+                        log,
+                        logging.INFO,
+                        "page held back (rules file: a use-case rule or a maintenance window)",
+                        incident=snap.incident_number,
+                        rec_id=snap.rec_id,
+                        kind=verdict.held.value,
+                        reason=verdict.reason,
                         dry_run=dry_run,
                     )
                 result.actions.extend(actions)
@@ -780,6 +800,7 @@ class _PageWrites:
         self.baseline = baseline
         self.changes: list[dict[str, Any]] = []
         self.actions: list[tuple[int, dict[str, Any]]] = []
+        self.holds: list[tuple[int, dict[str, Any]]] = []
         self.inserts: dict[str, dict[str, Any]] = {}
         self.updates: dict[str, dict[str, Any]] = {}
 
@@ -799,6 +820,22 @@ class _PageWrites:
             recipient=_recipient_key(action.payload.get("recipient")),
         )
         self.actions.append((change, values))
+
+    def add_hold(
+        self, change: int, snap: Snapshot, verdict: Verdict, window: str, until: datetime
+    ) -> None:
+        """A page a maintenance window holds, released when it closes (daemon/windows.py)."""
+        assert verdict.held is not None
+        values = {
+            "rec_id": snap.rec_id,
+            "incident_number": snap.incident_number,
+            "window": window,
+            "kind": verdict.held.value,
+            "reason": verdict.reason,
+            "held_at": self.now,
+            "until": until,
+        }
+        self.holds.append((change, values))
 
     def save_snapshot(
         self,
@@ -838,10 +875,32 @@ class _PageWrites:
         return state
 
     def write(self, u: Unit) -> None:
-        ids = u.insert_changes(self.changes, need_id=(i for i, _ in self.actions))
+        ids = u.insert_changes(
+            self.changes, need_id=[i for i, _ in self.actions] + [i for i, _ in self.holds]
+        )
         u.insert_actions([{**values, "change_id": ids[i]} for i, values in self.actions])
+        u.insert_holds([{**values, "change_id": ids[i]} for i, values in self.holds])
         u.insert_incidents(list(self.inserts.values()))
         u.update_incidents(list(self.updates.values()))
+
+
+def _window_hold(
+    verdict: Verdict, snap: Snapshot, policy: Policy, now: datetime
+) -> tuple[Verdict, str, datetime] | None:
+    """A page the rules file's maintenance windows hold: (the verdict that says so, the
+    window's name, its end); None when nothing holds it. Ends are never held."""
+    transition = verdict.transition
+    if transition is None or not transition.kind.creates or policy.rules is None:
+        return None
+    found = holding_window(policy.rules.windows, snap, now)
+    if found is None:
+        return None
+    window, until = found
+    reason = (
+        f"{transition.kind.value} held by window '{window.name}' until {window.shown(until)}"
+        f" ({verdict.reason})"
+    )
+    return Verdict(None, reason, held=transition.kind), window.name, until
 
 
 def _assignment_landed(pending: Sequence[Mapping[str, Any]], served: Snapshot) -> bool:

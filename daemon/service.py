@@ -24,6 +24,7 @@ from typing import Any
 from daemon import systemd
 from daemon.config import ConfigError, Settings
 from daemon.deliverer import Deliverer, DeliveryConfig, DeliveryResult
+from daemon.domain import PlannedAction
 from daemon.ivanti import IvantiClient
 from daemon.lease import FencedTransport, Leadership, is_postgres
 from daemon.logs import log_event
@@ -108,6 +109,8 @@ class Service:
     ) -> None:
         self.settings = settings
         self.dry_run = dry_run  # poll and diff only: nothing sent, nothing written
+        # SIGHUP (systemctl reload): read the rules file again at the next watchdog tick
+        self.reload_requested = threading.Event()
         self.now = now
         # A dry run never touches the state DB: it reads a private copy (or, for a
         # database that cannot be copied, reads it with every transaction rolled back).
@@ -204,6 +207,7 @@ class Service:
     def poll_job(self, *, dry_run: bool = False) -> PollResult:
         dry_run = dry_run or self.dry_run
         t0 = time.monotonic()
+        started = self.now()
         try:
             result = self.poller.poll(dry_run=dry_run)  # takes self.lock itself
         except Exception as exc:
@@ -215,6 +219,8 @@ class Service:
         self.last_poll_ok = self.now()
         self.last_error.pop("ivanti", None)
         log_event(log, logging.INFO, f"{result.kind} done", dry_run=dry_run, **result.summary())
+        if not dry_run:  # after the poll's bookkeeping: the poll itself succeeded
+            result.actions.extend(self.release_windows(closed_by=started))
         return result
 
     def reconcile_job(self) -> PollResult:
@@ -426,6 +432,9 @@ class Service:
         xmatters_ok, next_probe, status, current = False, 0.0, "", ""
         try:
             while not stop.wait(timeout=systemd.watchdog_period(default=5.0)):
+                if self.reload_requested.is_set():
+                    self.reload_requested.clear()
+                    self.reload_rules()
                 if lead is not None and not lead.is_leader():
                     # a standby is healthy while it hears from the DB; as leader its
                     # dead-man counts from when it took over
@@ -478,6 +487,67 @@ class Service:
                 lead.release()  # a clean stop hands over at the standby's next try
                 lead.active, self.store.fence = False, None
             log_event(log, logging.INFO, "stopped")
+
+    def release_windows(self, *, closed_by: datetime) -> list[PlannedAction]:
+        """Page, once, what the maintenance windows closed by ``closed_by`` held and is
+        still open and critical (``daemon/windows.py``); after a successful poll, so the
+        incidents' state is the one read since the window closed."""
+        from daemon.windows import release_due
+
+        now = self.now()
+        with self.lock, self.store.unit() as u:
+            planned = release_due(u, self.settings.policy, closed_by=closed_by, now=now)
+        for action in planned:
+            log_event(
+                log,
+                logging.INFO,
+                "maintenance window closed: paging what it held",
+                rec_id=action.rec_id,
+                kind=str(action.payload.get("type")),
+                reason=action.reason,
+            )
+        return planned
+
+    def reload_rules(self) -> bool:
+        """Read the rules file (IXM_RULES_FILE, as at start) again and use it for the
+        changes seen from now on; a broken file keeps the rules in use (logged as errors).
+
+        Like a restart it pages nobody for what the new rules newly match: rules judge
+        changes only. Swapped under the step lock, so no page is judged half by each.
+        """
+        from dataclasses import replace
+
+        from daemon.config import rules_fields
+        from daemon.rules import RulesError, load_rules
+
+        current = self.settings.policy.rules
+        if current is None:
+            log_event(
+                log,
+                logging.WARNING,
+                "reload: no rules file was set at start (IXM_RULES_FILE); restart to add one",
+            )
+            return False
+        extras = self.settings.ivanti.extra_fields if self.settings.ivanti else ()
+        try:
+            rules = load_rules(current.path, known_fields=rules_fields(extras))
+        except RulesError as exc:
+            for problem in exc.problems:
+                log_event(
+                    log,
+                    logging.ERROR,
+                    "reload refused: the rules file is broken; the rules in use stay",
+                    file=exc.path,
+                    problem=problem,
+                )
+            return False
+        policy = replace(self.settings.policy, rules=rules)
+        with self.lock:
+            self.settings = replace(self.settings, policy=policy)
+            self.poller.cfg = replace(self.poller.cfg, policy=policy)
+            self.deliverer.policy = policy
+        log_event(log, logging.INFO, "rules file reloaded", file=rules.path)
+        return True
 
     def _status(self, *, xmatters_ok: bool) -> str:
         """One line for ``systemctl status``: what the daemon waits for, if anything."""

@@ -49,6 +49,7 @@ from daemon.models import (
     OutboxAction,
     PollState,
     Rejected,
+    WindowHold,
     XmEvent,
 )
 from daemon.snapshot import snapshot_from_json, snapshot_to_json
@@ -58,6 +59,7 @@ from daemon.snapshot import snapshot_from_json, snapshot_to_json
 _INCIDENTS = cast(Table, Incident.__table__)
 _CHANGES = cast(Table, Change.__table__)
 _OUTBOX = cast(Table, OutboxAction.__table__)
+_HOLDS = cast(Table, WindowHold.__table__)
 _LEASES = cast(Table, Lease.__table__)
 LEADER = "leader"
 
@@ -418,7 +420,7 @@ class Unit:
             "status": snap.status,
             "status_class": policy.status_class(snap.status).value,
             "priority": snap.priority,
-            "critical": policy.is_critical(snap.priority),
+            "critical": policy.critical(snap),
             "owner": snap.owner,
             "owner_team": snap.owner_team,
             "last_mod": snap.last_mod,
@@ -694,6 +696,51 @@ class Unit:
         attempt.finished_at = now
         action.updated_at = now
         return action, attempt
+
+    # ----- maintenance windows ----------------------------------------------------------
+    def insert_holds(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Pages held by a maintenance window (``window_holds`` columns), in one executemany."""
+        if rows:
+            self.s.execute(insert(_HOLDS), list(rows))
+
+    def due_holds(self, closed_by: datetime) -> list[WindowHold]:
+        """Unreleased holds whose window closed at or before ``closed_by``, oldest first,
+        locked for this transaction where the database can (a second leader cannot
+        release them too)."""
+        q = (
+            select(WindowHold)
+            .where(WindowHold.released_at.is_(None), WindowHold.until <= closed_by)
+            .order_by(WindowHold.id)
+            .with_for_update()
+        )
+        return list(self.s.scalars(q))
+
+    def quiet_open_incidents(self) -> list[Incident]:
+        """Tracked open incidents with no live page of the daemon's, by IncidentNumber."""
+        q = (
+            select(Incident)
+            .where(
+                Incident.status_class == "open",
+                Incident.alerting.is_(False),
+                Incident.deleted.is_(False),
+            )
+            .order_by(Incident.incident_number)
+        )
+        return list(self.s.scalars(q))
+
+    def holds_for(self, rec_id: str) -> list[WindowHold]:
+        return list(
+            self.s.scalars(
+                select(WindowHold).where(WindowHold.rec_id == rec_id).order_by(WindowHold.id)
+            )
+        )
+
+    def last_page_planned(self, rec_id: str) -> datetime | None:
+        """When the incident's newest page was planned (any state), None if never."""
+        q = select(func.max(OutboxAction.created_at)).where(
+            OutboxAction.rec_id == rec_id, OutboxAction.kind == "page"
+        )
+        return self.s.scalar(q)
 
     def pages_sent_since(
         self, recipient: str, since: datetime, *, besides: int | None = None

@@ -37,6 +37,13 @@ rule   when                                          verdict
 daemon takes the incidents that exist at its first start as a baseline, when no
 previous snapshot can exist. With a previous snapshot the normal rules apply.
 
+The rules file (``policy.rules``, ``daemon/rules.py``) changes two things and nothing else:
+"critical" is its ``critical`` criterion when it has one (evaluated on each snapshot, prev
+and cur alike, so a changed criterion never makes an unchanged incident look upgraded),
+and a use case the table chose fires only if the file leaves it on and its ``when``
+matches ``cur``; otherwise the verdict is none, saying which rule held it back. Without
+a file (or with an empty one) every verdict and reason is the same as before.
+
 Every verdict carries a short human reason with the concrete values (old -> new):
 operators read it in ``explain`` output and in the state DB.
 """
@@ -44,6 +51,7 @@ operators read it in ``explain`` output and in the state DB.
 from __future__ import annotations
 
 from daemon.domain import Policy, Snapshot, StatusClass, Transition, TransitionKind, Verdict
+from daemon.rules import KEY_OF
 
 _TERMINAL_KIND = {
     StatusClass.RESOLVED: TransitionKind.RESOLVED,
@@ -68,8 +76,26 @@ def _priority_phrase(priority: str) -> str:
     return f"Priority {priority}" if priority else "no Priority"
 
 
+def _custom_critical(policy: Policy) -> str | None:
+    """The rules file's ``critical`` criterion as shown in reasons, None when there is none."""
+    if policy.rules is None or policy.rules.critical is None:
+        return None
+    return f"critical = {policy.rules.critical}"
+
+
 def _not_critical(cur: Snapshot, policy: Policy) -> str:
+    custom = _custom_critical(policy)
+    if custom:
+        return f"not critical ({_priority_phrase(cur.priority)}; {custom} does not match)"
     return f"not critical ({_priority_phrase(cur.priority)}; critical are {_critical_list(policy)})"
+
+
+def _is_critical(cur: Snapshot, policy: Policy) -> str:
+    """'Priority 1 is critical', or with a ``critical`` criterion what matched."""
+    custom = _custom_critical(policy)
+    if custom:
+        return f"{_priority_phrase(cur.priority)} is critical ({custom} matches)"
+    return f"{_priority_phrase(cur.priority)} is critical"
 
 
 def _team_key(team: str) -> str:
@@ -106,7 +132,7 @@ def _none(reason: str) -> Verdict:
 
 def _first_sighting(cur: Snapshot, policy: Policy, baseline: bool, page_critical: bool) -> Verdict:
     cls = policy.status_class(cur.status)
-    open_critical = cls is StatusClass.OPEN and policy.is_critical(cur.priority)
+    open_critical = cls is StatusClass.OPEN and policy.critical(cur)
     if baseline:
         if page_critical and open_critical:
             return _fire(
@@ -120,7 +146,7 @@ def _first_sighting(cur: Snapshot, policy: Policy, baseline: bool, page_critical
         return _fire(
             TransitionKind.NEW_INCIDENT,
             cur,
-            f"new incident, {_priority_phrase(cur.priority)} is critical (Status {cur.status})",
+            f"new incident, {_is_critical(cur, policy)} (Status {cur.status})",
         )
     if cls.terminal:
         return _none(
@@ -142,18 +168,23 @@ def _into_terminal(prev: Snapshot, cur: Snapshot, policy: Policy) -> Verdict:
 
 def _reopened(prev: Snapshot, cur: Snapshot, policy: Policy) -> Verdict:
     status = _change("Status", prev.status, cur.status)
-    if policy.is_critical(cur.priority):
+    if policy.critical(cur):
         return _fire(
             TransitionKind.REOPENED,
             cur,
-            f"reopened: {status}, {_priority_phrase(cur.priority)} is critical",
+            f"reopened: {status}, {_is_critical(cur, policy)}",
         )
     return _none(f"reopened ({status}) but {_not_critical(cur, policy)}")
 
 
 def _both_open(prev: Snapshot, cur: Snapshot, policy: Policy) -> Verdict:
-    was, now = policy.is_critical(prev.priority), policy.is_critical(cur.priority)
+    was, now = policy.critical(prev), policy.critical(cur)
     priority = _change("Priority", prev.priority, cur.priority)
+    if was != now and prev.priority == cur.priority:
+        # only with a ``critical`` criterion over other fields: say what made the difference
+        priority = f"Priority {_v(cur.priority)} unchanged, {_custom_critical(policy)} " + (
+            "matches now" if now else "no longer matches"
+        )
     team = _change("OwnerTeam", prev.owner_team, cur.owner_team)
     if now and not was:
         also = (
@@ -169,7 +200,7 @@ def _both_open(prev: Snapshot, cur: Snapshot, policy: Policy) -> Verdict:
         return _fire(
             TransitionKind.REASSIGNED,
             cur,
-            f"reassigned: {team}, {_priority_phrase(cur.priority)} is critical",
+            f"reassigned: {team}, {_is_critical(cur, policy)}",
         )
     return _none(_quiet_changes(prev, cur, policy, now))
 
@@ -207,13 +238,46 @@ def decide(
 ) -> Verdict:
     """Compare two snapshots of one incident and return at most one transition, with a reason.
 
-    See the module docstring for the rule table; the rules are applied in its order.
+    See the module docstring for the rule table; the rules are applied in its order,
+    then the rules file's use-case rule (if any) lets the chosen use case fire or not.
     """
+    return _use_case_rule(_table(prev, cur, policy, baseline, page_baseline_critical), cur, policy)
+
+
+def _table(
+    prev: Snapshot | None, cur: Snapshot, policy: Policy, baseline: bool, page_critical: bool
+) -> Verdict:
     if prev is None:
-        return _first_sighting(cur, policy, baseline, page_baseline_critical)
+        return _first_sighting(cur, policy, baseline, page_critical)
     prev_cls, cur_cls = policy.status_class(prev.status), policy.status_class(cur.status)
     if cur_cls.terminal:
         return _into_terminal(prev, cur, policy)
     if prev_cls.terminal:
         return _reopened(prev, cur, policy)
     return _both_open(prev, cur, policy)
+
+
+def _use_case_rule(verdict: Verdict, cur: Snapshot, policy: Policy) -> Verdict:
+    """The rules file's say on the use case the table chose: off, or a ``when`` that does
+    not match, holds it back (verdict none, naming the rule); a rule that lets it fire
+    is named in its reason."""
+    transition = verdict.transition
+    if transition is None or policy.rules is None:
+        return verdict
+    kind = transition.kind
+    if kind not in policy.rules.use_cases:
+        return verdict
+    rule = policy.rules.rule(kind)
+    where = f"rule use_cases.{KEY_OF[kind]} (rules file line {rule.line})"
+    if not rule.enabled:
+        return Verdict(
+            None, f"{kind.value} not sent: {where} turns it off ({verdict.reason})", held=kind
+        )
+    if rule.when is not None and not rule.when.matches(cur):
+        return Verdict(
+            None,
+            f"{kind.value} not sent: {where} when {rule.when} does not match ({verdict.reason})",
+            held=kind,
+        )
+    when = f" when {rule.when} matched" if rule.when is not None else " is on"
+    return _fire(kind, cur, f"{verdict.reason}; {where}{when}")
