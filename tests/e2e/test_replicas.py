@@ -1,7 +1,9 @@
-"""PostgreSQL: two replicas run ``run`` on one state DB. Exactly one holds the leader
-lease and works; the other stands by. When the leader dies (kill -9) or freezes past
-its lease (SIGSTOP) the standby takes over where the last commit left off, and a
-frozen leader that wakes up commits nothing more: every page once, none missing."""
+"""PostgreSQL: two or three replicas run ``run`` on one state DB. Exactly one holds the
+leader lease and works; the others stand by. When the leader dies (kill -9), freezes
+past its lease (SIGSTOP) or loses its database (a proxy the test cuts), a standby takes
+over where the last commit left off, and the old leader commits nothing more when it
+comes back; when the database goes away under all of them, one leads again once it is
+back. Every page, termination and note once, none missing."""
 
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from tests.e2e.daemons import (
     trigger_log,
     wait_until,
 )
+from tests.e2e.tcpproxy import TcpProxy
 
 pytestmark = pytest.mark.e2e
 
@@ -144,3 +147,212 @@ def test_a_leader_frozen_past_its_lease_commits_nothing_when_it_wakes(
     wait_until(lambda: pair.a.log().count(LEADS) == 2 or not pair.a.alive(), what="A to lead")
     assert pair.token() == 3
     assert pair.a.terminate() == 0
+
+
+# ----------------------------------------------------------------- three replicas, proxied
+
+
+class Replicas:
+    """``n`` replicas on one PostgreSQL state DB, each through its own loopback proxy
+    (so the test can take the database away from any one of them, or from all)."""
+
+    def __init__(self, sims: SimPair, url: str, tmp_path: Path, n: int = 3) -> None:
+        self.url = url
+        self.db = StateDB(url)
+        self.proxies: list[TcpProxy] = []
+        self.daemons: list[Daemon] = []
+        for i in range(n):
+            proxy, through = TcpProxy.for_url(url)
+            self.proxies.append(proxy)
+            env = daemon_env(sims, through, IXM_LEASE_TTL="2")
+            self.daemons.append(Daemon(env, tmp_path / f"{'abc'[i]}.log"))
+
+    def token(self) -> int | None:
+        store = Store(self.url, migrate=False)
+        try:
+            lease = store.read_lease()
+            return lease.token if lease else None
+        finally:
+            store.close()
+
+    def lease_expired(self) -> bool:
+        """By the database's clock, read directly (not through the proxies)."""
+        store = Store(self.url, migrate=False)
+        try:
+            lease = store.read_lease()
+            return lease is not None and lease.expires_at <= lease.now
+        finally:
+            store.close()
+
+    def start_all(self) -> Daemon:
+        """The first leads and takes the baseline; the others stand by."""
+        first, *rest = self.daemons
+        started(first, self.db)
+        wait_until(lambda: LEADS in first.log(), what="the first to lead")
+        for d in rest:
+            d.start()
+        wait_until(
+            lambda: all("daemon running" in d.log() or not d.alive() for d in rest),
+            what="the standbys",
+        )
+        for d in rest:
+            assert d.alive(), d.log()
+            assert LEADS not in d.log()
+        return first
+
+    def leaders(self, among: list[Daemon] | None = None) -> list[Daemon]:
+        """Who has logged taking the lease since ``mark()``."""
+        return [d for d in (among or self.daemons) if d.log().count(LEADS) > self._leads[d]]
+
+    def mark(self) -> None:
+        self._leads = {d: d.log().count(LEADS) for d in self.daemons}
+
+    def close(self) -> None:
+        for d in self.daemons:
+            if d.proc is not None and d.alive():
+                d.proc.send_signal(signal.SIGCONT)
+            d.cleanup()
+        for p in self.proxies:
+            p.close()
+        self.db.close()
+
+
+@pytest.fixture
+def three(live_sims: SimPair, pg_state_db_url: str, tmp_path: Path) -> Iterator[Replicas]:
+    r = Replicas(live_sims, pg_state_db_url, tmp_path, 3)
+    try:
+        yield r
+    finally:
+        r.close()
+
+
+def _event_of(sims: SimPair, rec: str) -> str:
+    wait_until(lambda: len(sims.xmatters.live_events(rec)) == 1, what=f"the event of {rec}")
+    return str(sims.xmatters.live_events(rec)[0]["id"])
+
+
+def pages(sims: SimPair) -> list[tuple[str, str, str]]:
+    return [t for t in trigger_log(sims) if t[1] != "Terminate"]
+
+
+NOTE = "[xMatters] Ben Wong | Mobile App responded [ Escalate ] with comment [ 1 ]"
+
+
+def test_three_replicas_kill_the_leader_mid_delivery(three: Replicas, live_sims: SimPair) -> None:
+    """As with two, with two standbys racing for the lease: exactly one takes it."""
+    a = three.start_all()
+    three.mark()
+    hold = live_sims.xmatters.faults.inject("latency", TRIGGERS, delay=0.7, times=3)
+    recs = [
+        live_sims.ivanti.create_incident(Priority="1", Owner=owner)["RecId"]
+        for owner in ("jsmith", "bwong", "apatel")
+    ]
+    wait_until(lambda: hold.hits >= 2, what="the second trigger in flight")
+    a.kill9()
+    standbys = three.daemons[1:]
+    wait_until(lambda: len(three.leaders(standbys)) >= 1, what="a standby to take over")
+    (new,) = three.leaders(standbys)
+    assert three.token() == 2
+    quiesce(new, three.db, lambda: len(trigger_log(live_sims)) >= 3, "the third page")
+    assert sorted(trigger_log(live_sims)) == sorted((r, "New Incident", "created") for r in recs)
+    assert all(len(live_sims.xmatters.live_events(r)) == 1 for r in recs)
+    assert [state for _, _, state in three.db.actions()] == ["done", "done", "done"]
+    # the one in flight when A died was checked, not re-sent (the pages go out in any order)
+    outcomes = sorted(three.db.attempt_outcomes(r) for r in recs)
+    assert outcomes == [["ok"], ["ok"], ["unknown", "ok"]]
+    assert "earlier attempt had landed" in new.log()
+
+
+def test_the_leader_loses_its_database(three: Replicas, live_sims: SimPair) -> None:
+    """A's connection to PostgreSQL is cut with a trigger in flight (xMatters acts on
+    it). While A is cut off a response and a resolve come in. A standby takes the
+    lease, finds the in-flight page landed (not re-sent), writes the note and ends the
+    first page; when A's connection is back it stands by and commits nothing."""
+    a = three.start_all()
+    first = live_sims.ivanti.create_incident(Priority="1", OwnerTeam=NET)["RecId"]
+    event = _event_of(live_sims, first)
+    three.mark()
+    hold = live_sims.xmatters.faults.inject("latency", TRIGGERS, delay=1.5, times=1)
+    second = live_sims.ivanti.create_incident(Priority="1", Owner="bwong")["RecId"]
+    wait_until(lambda: hold.hits >= 1, what="the held trigger")
+    three.proxies[0].cut()
+    live_sims.xmatters.respond(event, person="bwong", response="Escalate", comment="1")
+    live_sims.ivanti.edit_incident(first, Status="Resolved")
+    standbys = three.daemons[1:]
+    wait_until(lambda: len(three.leaders(standbys)) >= 1, what="a standby to take over")
+    (new,) = three.leaders(standbys)
+    assert three.token() == 2
+    wait_until(
+        lambda: (
+            len(live_sims.xmatters.terminations()) >= 1
+            and len(live_sims.ivanti.notes(first)) >= 1
+            and three.db.pending() == 0
+        ),
+        timeout=40,
+        what="the new leader to settle the page, the note and the termination",
+    )
+    three.proxies[0].restore()
+    wait_until(lambda: "lost the leader lease" in a.log() or not a.alive(), what="A to stand by")
+    assert a.alive(), a.log()
+    third = live_sims.ivanti.create_incident(Priority="1", Owner="apatel")["RecId"]
+    quiesce(new, three.db, lambda: len(pages(live_sims)) >= 3, "the third page")
+    assert sorted(pages(live_sims)) == sorted(
+        (r, "New Incident", "created") for r in (first, second, third)
+    )
+    assert [t["rec_id"] for t in live_sims.xmatters.terminations()] == [first]
+    assert len(trigger_log(live_sims)) == 4  # the three pages and one termination
+    assert [n["NotesBody"] for n in live_sims.ivanti.notes(first)] == [NOTE]
+    assert live_sims.ivanti.notes(second) == [] and live_sims.ivanti.notes(third) == []
+    assert len(live_sims.xmatters.live_events(second)) == 1
+    assert len(live_sims.xmatters.live_events(third)) == 1
+    assert three.db.attempt_outcomes(second) == ["unknown", "ok"]
+    assert "earlier attempt had landed" in new.log()
+    assert sorted((k, st) for _, k, st in three.db.actions()) == sorted(
+        [("page", "done")] * 3 + [("terminate", "done"), ("note", "done")]
+    )
+
+
+def test_the_database_goes_away_under_every_replica(three: Replicas, live_sims: SimPair) -> None:
+    """Every connection is reset and refused for longer than the lease, with a trigger
+    in flight, as in a database restart; meanwhile a response comes in. When the
+    database is back, exactly one replica leads (a new token), the in-flight page is
+    checked, not re-sent, and the note is written once."""
+    three.start_all()
+    first = live_sims.ivanti.create_incident(Priority="1", OwnerTeam=NET)["RecId"]
+    event = _event_of(live_sims, first)
+    three.mark()
+    hold = live_sims.xmatters.faults.inject("latency", TRIGGERS, delay=1.0, times=1)
+    second = live_sims.ivanti.create_incident(Priority="1", Owner="bwong")["RecId"]
+    wait_until(lambda: hold.hits >= 1, what="the held trigger")
+    for p in three.proxies:
+        p.cut()
+    live_sims.xmatters.respond(event, person="bwong", response="Escalate", comment="1")
+    wait_until(lambda: len(trigger_log(live_sims)) >= 2, what="xMatters to act on the held one")
+    wait_until(
+        lambda: (
+            all("cannot reach the state DB" in d.log() for d in three.daemons)
+            and three.lease_expired()
+        ),
+        what="every replica to notice, and the lease to run out",
+    )
+    for p in three.proxies:
+        p.restore()
+    wait_until(lambda: len(three.leaders()) >= 1, what="a replica to lead again")
+    (new,) = three.leaders()
+    assert three.token() == 2
+    third = live_sims.ivanti.create_incident(Priority="1", Owner="apatel")["RecId"]
+    quiesce(
+        new,
+        three.db,
+        lambda: len(trigger_log(live_sims)) >= 3 and len(live_sims.ivanti.notes(first)) >= 1,
+        "the third page and the note",
+    )
+    assert sorted(trigger_log(live_sims)) == sorted(
+        (r, "New Incident", "created") for r in (first, second, third)
+    )
+    assert [n["NotesBody"] for n in live_sims.ivanti.notes(first)] == [NOTE]
+    assert all(len(live_sims.xmatters.live_events(r)) == 1 for r in (first, second, third))
+    assert three.db.attempt_outcomes(second) == ["unknown", "ok"]
+    assert sorted((k, st) for _, k, st in three.db.actions()) == sorted(
+        [("page", "done")] * 3 + [("note", "done")]
+    )
