@@ -90,6 +90,21 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 _BEGIN_OPTION = "ixm_sqlite_begin"
 
 
+# libpq's own bounds on every PostgreSQL connection: a connect gives up after 5 s; a
+# connection whose peer stopped answering fails within about 11 s while idle or waiting
+# for a result (TCP keepalives after 5 s, every 2 s, 3 lost) and within 10 s when what
+# it sent goes unacknowledged (TCP_USER_TIMEOUT); the unit then fails and is retried.
+PG_CONNECT_ARGS: dict[str, Any] = {
+    "options": "-c idle_in_transaction_session_timeout=5000",
+    "connect_timeout": 5,
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 10_000,
+}
+
+
 def make_engine(url: str) -> Engine:
     _create_owner_only(url)
     parsed = make_url(url)
@@ -109,12 +124,11 @@ def make_engine(url: str) -> Engine:
         # idle_in_transaction_session_timeout: a replica frozen inside a transaction
         # (SIGSTOP, a hung VM) would hold the lease row's lock for ever; the server ends
         # its session after 5 s (a unit never waits on anything but the DB inside it).
-        return create_engine(
-            parsed,
-            future=True,
-            pool_pre_ping=True,
-            connect_args={"options": "-c idle_in_transaction_session_timeout=5000"},
-        )
+        # The client side is bounded too (PG_CONNECT_ARGS): without it, a connection
+        # opened while the server restarts, or one whose peer vanished, waits for ever,
+        # and the thread that holds it (write-back, say) stops for good while the lease
+        # thread goes on renewing the lease, so no standby takes over either.
+        return create_engine(parsed, future=True, pool_pre_ping=True, connect_args=PG_CONNECT_ARGS)
     engine = create_engine(parsed, future=True)
     if engine.dialect.name == "sqlite":
 
