@@ -187,6 +187,8 @@ class Attempt(Base):
     outcome: Mapped[str | None] = mapped_column(String(16))  # ok|retry|unknown|dead|found|no_event
     http_status: Mapped[int | None] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text)
+    # who sent it: "host pid N" (a replica's lease holder on PostgreSQL); NULL before 0006
+    replica: Mapped[str | None] = mapped_column(String(200))
 
 
 class XmEvent(Base):
@@ -246,3 +248,16 @@ class Lease(Base):
     acquired_at: Mapped[datetime] = mapped_column(UTCDateTime)
     renewed_at: Mapped[datetime] = mapped_column(UTCDateTime)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class Replica(Base):
+    """A daemon process that took part in the leader lease (PostgreSQL), as it last
+    reached the DB: a heartbeat at every lease try. Times are the DB server's clock."""
+
+    __tablename__ = "replicas"
+    holder: Mapped[str] = mapped_column(String(200), primary_key=True)
+    host: Mapped[str] = mapped_column(String(200))
+    pid: Mapped[int] = mapped_column(Integer)
+    leading: Mapped[bool] = mapped_column(Boolean)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    seen_at: Mapped[datetime] = mapped_column(UTCDateTime)

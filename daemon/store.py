@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import sqlite3
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
@@ -49,6 +50,7 @@ from daemon.models import (
     OutboxAction,
     PollState,
     Rejected,
+    Replica,
     XmEvent,
 )
 from daemon.snapshot import snapshot_from_json, snapshot_to_json
@@ -59,7 +61,10 @@ _INCIDENTS = cast(Table, Incident.__table__)
 _CHANGES = cast(Table, Change.__table__)
 _OUTBOX = cast(Table, OutboxAction.__table__)
 _LEASES = cast(Table, Lease.__table__)
+_REPLICAS = cast(Table, Replica.__table__)
 LEADER = "leader"
+# a replica not heard from for this long is forgotten (its row deleted at the next try)
+REPLICA_FORGOTTEN_AFTER = timedelta(days=1)
 
 
 class LeaseLost(RuntimeError):
@@ -196,6 +201,9 @@ class Store:
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         # set on a replica under a leader lease: every committing unit checks it
         self.fence: Fence | None = None
+        # who this process is, recorded on each delivery attempt (the lease holder on
+        # PostgreSQL replicas, set by the service)
+        self.replica = f"{socket.gethostname()} pid {os.getpid()}"
 
     @contextmanager
     def unit(self, *, rollback: bool = False) -> Iterator[Unit]:
@@ -211,7 +219,7 @@ class Store:
             try:
                 if not rollback and self.fence is not None:
                     self._check_fence(session, self.fence)
-                yield Unit(session)
+                yield Unit(session, self.replica)
             except BaseException:
                 tx.rollback()
                 raise
@@ -238,52 +246,77 @@ class Store:
         if row.expires_at <= now:
             raise LeaseLost(f"the lease (token {token}) expired at {row.expires_at.isoformat()}")
 
-    def claim_lease(self, holder: str, ttl: float) -> tuple[bool, LeaseState | None]:
+    def claim_lease(
+        self, holder: str, ttl: float, *, host: str = "", pid: int = 0
+    ) -> tuple[bool, LeaseState | None]:
         """One transaction on the locked lease row: renew it if ours and live, take it
-        (token + 1) if free or expired; else leave it. Returns (ours now, the row)."""
+        (token + 1) if free or expired; else leave it. Returns (ours now, the row).
+        The same transaction records this replica's heartbeat (``replicas``)."""
         with self.engine.begin() as conn:
-            now = _db_now(conn)
-            until = now + timedelta(seconds=ttl)
-            q = select(_LEASES).where(_LEASES.c.name == LEADER).with_for_update()
-            row = conn.execute(q).first()
-            if row is None:
-                new = LeaseState(holder, 1, now, now, until, now)
-                conn.execute(
-                    insert(_LEASES).values(
-                        name=LEADER,
-                        holder=holder,
-                        token=1,
-                        acquired_at=now,
-                        renewed_at=now,
-                        expires_at=until,
-                    )
-                )
-                return True, new
-            state = LeaseState(
-                row.holder, row.token, row.acquired_at, row.renewed_at, row.expires_at, now
+            ours, state = self._claim(conn, holder, ttl)
+            self._heartbeat(conn, holder, host, pid, ours, state.now if state else None)
+            return ours, state
+
+    @staticmethod
+    def _heartbeat(
+        conn: Any, holder: str, host: str, pid: int, leading: bool, now: datetime | None
+    ) -> None:
+        now = now or _db_now(conn)
+        seen = {"seen_at": now, "leading": leading}
+        done = conn.execute(update(_REPLICAS).where(_REPLICAS.c.holder == holder).values(**seen))
+        if done.rowcount == 0:  # its first try (the holder is unique to the process)
+            conn.execute(
+                insert(_REPLICAS).values(holder=holder, host=host, pid=pid, started_at=now, **seen)
             )
-            live = row.expires_at > now
-            if live and row.holder != holder:
-                return False, state
-            values: dict[str, Any]
-            if live:  # ours: renew
-                values = {"renewed_at": now, "expires_at": until}
-                acquired_at, token = row.acquired_at, row.token
-            else:  # free: a new holder (or us again after a gap) gets a new token
-                token = row.token + 1
-                acquired_at = now
-                values = {
-                    "holder": holder,
-                    "token": token,
-                    "acquired_at": now,
-                    "renewed_at": now,
-                    "expires_at": until,
-                }
-            conn.execute(update(_LEASES).where(_LEASES.c.name == LEADER).values(**values))
-            return True, LeaseState(holder, token, acquired_at, now, until, now)
+            conn.execute(
+                _REPLICAS.delete().where(_REPLICAS.c.seen_at < now - REPLICA_FORGOTTEN_AFTER)
+            )
+
+    @staticmethod
+    def _claim(conn: Any, holder: str, ttl: float) -> tuple[bool, LeaseState | None]:
+        now = _db_now(conn)
+        until = now + timedelta(seconds=ttl)
+        q = select(_LEASES).where(_LEASES.c.name == LEADER).with_for_update()
+        row = conn.execute(q).first()
+        if row is None:
+            new = LeaseState(holder, 1, now, now, until, now)
+            conn.execute(
+                insert(_LEASES).values(
+                    name=LEADER,
+                    holder=holder,
+                    token=1,
+                    acquired_at=now,
+                    renewed_at=now,
+                    expires_at=until,
+                )
+            )
+            return True, new
+        state = LeaseState(
+            row.holder, row.token, row.acquired_at, row.renewed_at, row.expires_at, now
+        )
+        live = row.expires_at > now
+        if live and row.holder != holder:
+            return False, state
+        values: dict[str, Any]
+        if live:  # ours: renew
+            values = {"renewed_at": now, "expires_at": until}
+            acquired_at, token = row.acquired_at, row.token
+        else:  # free: a new holder (or us again after a gap) gets a new token
+            token = row.token + 1
+            acquired_at = now
+            values = {
+                "holder": holder,
+                "token": token,
+                "acquired_at": now,
+                "renewed_at": now,
+                "expires_at": until,
+            }
+        conn.execute(update(_LEASES).where(_LEASES.c.name == LEADER).values(**values))
+        return True, LeaseState(holder, token, acquired_at, now, until, now)
 
     def release_lease(self, holder: str) -> None:
-        """Give the lease up at a clean stop, so a standby takes over at its next try."""
+        """Give the lease up at a clean stop, so a standby takes over at its next try;
+        this replica is no longer one (its heartbeat row goes)."""
         with self.engine.begin() as conn:
             now = _db_now(conn)
             conn.execute(
@@ -291,6 +324,14 @@ class Store:
                 .where(_LEASES.c.name == LEADER, _LEASES.c.holder == holder)
                 .values(expires_at=now)
             )
+            conn.execute(_REPLICAS.delete().where(_REPLICAS.c.holder == holder))
+
+    def read_replicas(self) -> tuple[list[Replica], datetime]:
+        """Every replica heard from in the last day, the most recent first, and the DB
+        server's clock now (to say how long ago)."""
+        with self._sessions() as session:
+            rows = list(session.scalars(select(Replica).order_by(Replica.seen_at.desc())))
+            return rows, _db_now(session.connection())
 
     def read_lease(self) -> LeaseState | None:
         with self.engine.connect() as conn:
@@ -339,8 +380,9 @@ class Head:
 class Unit:
     """Repository methods bound to one open transaction."""
 
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: Session, replica: str | None = None) -> None:
         self.s = session
+        self.replica = replica  # who this process is, recorded on each attempt
 
     # ----- cursor ----------------------------------------------------------------------
     def get_state(self, name: str) -> str | None:
@@ -692,7 +734,9 @@ class Unit:
             # Counts towards flood control from now; moved to when xMatters answered
             # once it did (see ``pages_sent_since``).
             action.sent_at = now
-        attempt = Attempt(outbox_id=action.id, number=action.attempts, started_at=now)
+        attempt = Attempt(
+            outbox_id=action.id, number=action.attempts, started_at=now, replica=self.replica
+        )
         self.s.add(attempt)
         self.s.flush()
         return attempt

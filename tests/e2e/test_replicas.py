@@ -7,9 +7,11 @@ back. Every page, termination and note once, none missing."""
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import signal
+import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,6 +38,11 @@ from tests.e2e.tcpproxy import TcpProxy
 pytestmark = pytest.mark.e2e
 
 LEADS = "this replica is the leader now"
+
+
+def whole_log(d: Daemon) -> str:
+    """The whole log (``Daemon.log()`` is its last 4,000 characters)."""
+    return d.log_path.read_text(errors="replace")
 
 
 class Pair:
@@ -86,6 +93,12 @@ def test_standby_refuses_nothing_but_does_nothing_and_once_is_refused(
     assert "another replica leads this state DB" in once.stderr
     status = run_cli(pair.env, "status")
     assert status.returncode == 0 and "leader: " in status.stdout and "token 1" in status.stdout
+    assert pair.b.proc is not None and pair.a.proc is not None
+    (standbys,) = [line for line in status.stdout.splitlines() if line.startswith("standbys: ")]
+    assert f" pid {pair.b.proc.pid} " in standbys and f" pid {pair.a.proc.pid} " not in standbys
+    as_json = json.loads(run_cli(pair.env, "status", "--json").stdout)["leader"]
+    assert f" pid {pair.a.proc.pid} " in as_json["holder"]
+    assert [f" pid {pair.b.proc.pid} " in d["holder"] for d in as_json["standbys"]] == [True]
     rec = live_sims.ivanti.create_incident(Priority="1", OwnerTeam=NET)["RecId"]
     wait_until(lambda: len(trigger_log(live_sims)) >= 1, what="the page")
     quiesce(pair.a, pair.db, lambda: True, "the outbox to settle")
@@ -133,10 +146,11 @@ def test_a_leader_frozen_past_its_lease_commits_nothing_when_it_wakes(
     wait_until(lambda: pair.db.pending() == 0, timeout=40, what="B to settle the page")
     pair.a.proc.send_signal(signal.SIGCONT)
     wait_until(
-        lambda: "lost the leader lease" in pair.a.log() or not pair.a.alive(), what="A to stand by"
+        lambda: "lost the leader lease" in whole_log(pair.a) or not pair.a.alive(),
+        what="A to stand by",
     )
     # what A had in flight came back (or timed out) after it woke: refused, not committed
-    wait_until(lambda: "fenced" in pair.a.log() or not pair.a.alive(), what="A's fenced unit")
+    wait_until(lambda: "fenced" in whole_log(pair.a) or not pair.a.alive(), what="A's fenced unit")
     second = live_sims.ivanti.create_incident(Priority="1", Owner="bwong")["RecId"]
     quiesce(pair.b, pair.db, lambda: len(trigger_log(live_sims)) >= 2, "the second page")
     assert sorted(trigger_log(live_sims)) == sorted(
@@ -145,9 +159,9 @@ def test_a_leader_frozen_past_its_lease_commits_nothing_when_it_wakes(
     assert len(live_sims.xmatters.live_events(first)) == 1
     assert len(live_sims.xmatters.live_events(second)) == 1
     assert pair.db.attempt_outcomes(first) == ["unknown", "ok"]
-    assert "earlier attempt had landed" in pair.b.log()  # checked, not re-sent
+    assert "earlier attempt had landed" in whole_log(pair.b)  # checked, not re-sent
     # B stopped cleanly and gave the lease up: A (awake, standing by) takes it
-    wait_until(lambda: pair.a.log().count(LEADS) == 2 or not pair.a.alive(), what="A to lead")
+    wait_until(lambda: whole_log(pair.a).count(LEADS) == 2 or not pair.a.alive(), what="A to lead")
     assert pair.token() == 3
     assert pair.a.terminate() == 0
 
@@ -250,10 +264,6 @@ def _event_of(sims: SimPair, rec: str) -> str:
     return str(sims.xmatters.live_events(rec)[0]["id"])
 
 
-def whole_log(d: Daemon) -> str:
-    return d.log_path.read_text(errors="replace")
-
-
 def pages(sims: SimPair) -> list[tuple[str, str, str]]:
     return [t for t in trigger_log(sims) if t[1] != "Terminate"]
 
@@ -281,6 +291,13 @@ def test_three_replicas_kill_the_leader_mid_delivery(three: Replicas, live_sims:
     outcomes = sorted(three.db.attempt_outcomes(r) for r in recs)
     assert outcomes == [["ok"], ["ok"], ["unknown", "ok"]]
     assert "earlier attempt had landed" in whole_log(new)
+    # explain names the replica that made each attempt: A the cut-short one, the new
+    # leader the check that found it landed
+    (checked,) = [r for r in recs if len(three.db.attempt_outcomes(r)) == 2]
+    story = run_cli(new.env, "explain", checked)
+    assert story.returncode == 0, story.stderr
+    assert f"by {socket.gethostname()} pid {a.proc.pid} " in story.stdout, story.stdout
+    assert f"by {socket.gethostname()} pid {new.proc.pid} " in story.stdout, story.stdout
 
 
 @pytest.mark.parametrize("how", ["cut", "blackhole"])
