@@ -129,7 +129,9 @@ class Leadership:
         t0 = time.monotonic()
         was = self.token
         try:
-            ours, state = self.store.claim_lease(self.holder, self.ttl)
+            ours, state = self.store.claim_lease(
+                self.holder, self.ttl, host=self.host, pid=self.pid
+            )
         except Exception as exc:  # DB unreachable: our belief lapses at valid_until
             log_event(log, logging.WARNING, "lease: cannot reach the state DB", error=str(exc))
             return self.is_leader()
@@ -175,13 +177,16 @@ class Leadership:
             )
 
     def release(self) -> None:
-        if self.token is not None:
+        """At a clean stop: the lease, if ours, goes to a standby's next try; either way
+        this replica's heartbeat goes (``once`` refused beside a leader is no standby)."""
+        if self.token is not None or self.last_contact is not None:
             try:
                 self.store.release_lease(self.holder)
             except Exception as exc:
                 log_event(log, logging.WARNING, "lease: could not release", error=str(exc))
             self.token = None
             self.valid_until = 0.0
+            self.last_contact = None
 
 
 class FencedTransport(httpx.BaseTransport):

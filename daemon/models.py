@@ -187,6 +187,8 @@ class Attempt(Base):
     outcome: Mapped[str | None] = mapped_column(String(16))  # ok|retry|unknown|dead|found|no_event
     http_status: Mapped[int | None] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text)
+    # who sent it: "host pid N" (a replica's lease holder on PostgreSQL); NULL before 0007
+    replica: Mapped[str | None] = mapped_column(String(200))
 
 
 class XmEvent(Base):
@@ -268,3 +270,16 @@ class WindowHold(Base):
     outbox_id: Mapped[int | None] = mapped_column(ForeignKey("outbox.id"))
 
     __table_args__ = (Index("ix_window_holds_due", "released_at", "until"),)
+
+
+class Replica(Base):
+    """A daemon process that took part in the leader lease (PostgreSQL), as it last
+    reached the DB: a heartbeat at every lease try. Times are the DB server's clock."""
+
+    __tablename__ = "replicas"
+    holder: Mapped[str] = mapped_column(String(200), primary_key=True)
+    host: Mapped[str] = mapped_column(String(200))
+    pid: Mapped[int] = mapped_column(Integer)
+    leading: Mapped[bool] = mapped_column(Boolean)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    seen_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -27,7 +27,7 @@ import sys
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
@@ -687,6 +687,8 @@ def _action_entries(a: OutboxAction, attempts: Sequence[Attempt], now: datetime)
             extra.append(f"error: {t.error}")
         if t.finished_at is None:
             extra.append("never finished (daemon stopped mid-request): outcome unknown")
+        if t.replica:
+            extra.append(f"by {t.replica}")
         entries.append(
             Entry(  # same order/sub as its action: shown right under it (stable sort)
                 t.started_at,
@@ -700,6 +702,7 @@ def _action_entries(a: OutboxAction, attempts: Sequence[Attempt], now: datetime)
                     "attempt": t.number,
                     "outcome": t.outcome,
                     "http_status": t.http_status,
+                    "replica": t.replica,
                 },
             )
         )
@@ -1594,13 +1597,43 @@ def _leader(store: Store, settings: Settings) -> dict[str, Any] | None:
         return None
     if lease is None:
         return None
+    try:
+        replicas, db_now = store.read_replicas()
+    except Exception:  # a schema from before the heartbeats
+        replicas, db_now = [], lease.now
     return {
         "holder": lease.holder,
         "token": lease.token,
         "acquired_at": iso(lease.acquired_at),
         "expires_at": iso(lease.expires_at),
         "live": lease.expires_at > lease.now,
+        "standbys": [  # every replica but the leader heard from in the last hour
+            {
+                "holder": r.holder,
+                "seen_at": iso(r.seen_at),
+                "seconds_ago": round((db_now - r.seen_at).total_seconds(), 1),
+                # a live standby tries every third of the lease: silent for a whole lease,
+                # it has stopped or lost the DB
+                "silent": (db_now - r.seen_at).total_seconds() > settings.ops.lease_ttl,
+            }
+            for r in replicas
+            if r.holder != lease.holder and db_now - r.seen_at <= STANDBY_RECENT
+        ],
     }
+
+
+STANDBY_RECENT = timedelta(hours=1)
+
+
+def _standbys_line(standbys: list[dict[str, Any]]) -> str:
+    if not standbys:
+        return "standbys: none heard from in the last hour"
+    seen = "; ".join(
+        f"{d['holder']} (seen {d['seconds_ago']:g} s ago"
+        + (": silent since, stopped or cut off from the DB)" if d["silent"] else ")")
+        for d in standbys
+    )
+    return f"standbys: {seen}"
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -1633,6 +1666,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
                     f"leader: {d['holder']}, token {d['token']}, "
                     f"lease until {d['expires_at']} ({state})"
                 )
+                print(_standbys_line(d["standbys"]))
         return 0
 
     return _read(args, work)

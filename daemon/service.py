@@ -125,6 +125,7 @@ class Service:
         http: dict[str, Any] = {}
         if is_postgres(settings.state_db_url) and not dry_run:
             self.leadership = Leadership(self.store, settings.ops.lease_ttl)
+            self.store.replica = self.leadership.holder  # on each attempt it makes
             http = {"transport": FencedTransport(self.leadership)}
         self.ivanti = ivanti or build_ivanti(settings, **http)
         self.xm = xmatters or build_xmatters(settings, **http)

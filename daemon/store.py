@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import sqlite3
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
@@ -50,6 +51,7 @@ from daemon.models import (
     PollState,
     Rejected,
     WindowHold,
+    Replica,
     XmEvent,
 )
 from daemon.snapshot import snapshot_from_json, snapshot_to_json
@@ -61,7 +63,10 @@ _CHANGES = cast(Table, Change.__table__)
 _OUTBOX = cast(Table, OutboxAction.__table__)
 _HOLDS = cast(Table, WindowHold.__table__)
 _LEASES = cast(Table, Lease.__table__)
+_REPLICAS = cast(Table, Replica.__table__)
 LEADER = "leader"
+# a replica not heard from for this long is forgotten (its row deleted at the next try)
+REPLICA_FORGOTTEN_AFTER = timedelta(days=1)
 
 
 class LeaseLost(RuntimeError):
@@ -92,6 +97,21 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 _BEGIN_OPTION = "ixm_sqlite_begin"
 
 
+# libpq's own bounds on every PostgreSQL connection: a connect gives up after 5 s; a
+# connection whose peer stopped answering fails within about 11 s while idle or waiting
+# for a result (TCP keepalives after 5 s, every 2 s, 3 lost) and within 10 s when what
+# it sent goes unacknowledged (TCP_USER_TIMEOUT); the unit then fails and is retried.
+PG_CONNECT_ARGS: dict[str, Any] = {
+    "options": "-c idle_in_transaction_session_timeout=5000",
+    "connect_timeout": 5,
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 10_000,
+}
+
+
 def make_engine(url: str) -> Engine:
     _create_owner_only(url)
     parsed = make_url(url)
@@ -111,12 +131,11 @@ def make_engine(url: str) -> Engine:
         # idle_in_transaction_session_timeout: a replica frozen inside a transaction
         # (SIGSTOP, a hung VM) would hold the lease row's lock for ever; the server ends
         # its session after 5 s (a unit never waits on anything but the DB inside it).
-        return create_engine(
-            parsed,
-            future=True,
-            pool_pre_ping=True,
-            connect_args={"options": "-c idle_in_transaction_session_timeout=5000"},
-        )
+        # The client side is bounded too (PG_CONNECT_ARGS): without it, a connection
+        # opened while the server restarts, or one whose peer vanished, waits for ever,
+        # and the thread that holds it (write-back, say) stops for good while the lease
+        # thread goes on renewing the lease, so no standby takes over either.
+        return create_engine(parsed, future=True, pool_pre_ping=True, connect_args=PG_CONNECT_ARGS)
     engine = create_engine(parsed, future=True)
     if engine.dialect.name == "sqlite":
 
@@ -184,6 +203,9 @@ class Store:
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         # set on a replica under a leader lease: every committing unit checks it
         self.fence: Fence | None = None
+        # who this process is, recorded on each delivery attempt (the lease holder on
+        # PostgreSQL replicas, set by the service)
+        self.replica = f"{socket.gethostname()} pid {os.getpid()}"
 
     @contextmanager
     def unit(self, *, rollback: bool = False) -> Iterator[Unit]:
@@ -199,7 +221,7 @@ class Store:
             try:
                 if not rollback and self.fence is not None:
                     self._check_fence(session, self.fence)
-                yield Unit(session)
+                yield Unit(session, self.replica)
             except BaseException:
                 tx.rollback()
                 raise
@@ -226,52 +248,77 @@ class Store:
         if row.expires_at <= now:
             raise LeaseLost(f"the lease (token {token}) expired at {row.expires_at.isoformat()}")
 
-    def claim_lease(self, holder: str, ttl: float) -> tuple[bool, LeaseState | None]:
+    def claim_lease(
+        self, holder: str, ttl: float, *, host: str = "", pid: int = 0
+    ) -> tuple[bool, LeaseState | None]:
         """One transaction on the locked lease row: renew it if ours and live, take it
-        (token + 1) if free or expired; else leave it. Returns (ours now, the row)."""
+        (token + 1) if free or expired; else leave it. Returns (ours now, the row).
+        The same transaction records this replica's heartbeat (``replicas``)."""
         with self.engine.begin() as conn:
-            now = _db_now(conn)
-            until = now + timedelta(seconds=ttl)
-            q = select(_LEASES).where(_LEASES.c.name == LEADER).with_for_update()
-            row = conn.execute(q).first()
-            if row is None:
-                new = LeaseState(holder, 1, now, now, until, now)
-                conn.execute(
-                    insert(_LEASES).values(
-                        name=LEADER,
-                        holder=holder,
-                        token=1,
-                        acquired_at=now,
-                        renewed_at=now,
-                        expires_at=until,
-                    )
-                )
-                return True, new
-            state = LeaseState(
-                row.holder, row.token, row.acquired_at, row.renewed_at, row.expires_at, now
+            ours, state = self._claim(conn, holder, ttl)
+            self._heartbeat(conn, holder, host, pid, ours, state.now if state else None)
+            return ours, state
+
+    @staticmethod
+    def _heartbeat(
+        conn: Any, holder: str, host: str, pid: int, leading: bool, now: datetime | None
+    ) -> None:
+        now = now or _db_now(conn)
+        seen = {"seen_at": now, "leading": leading}
+        done = conn.execute(update(_REPLICAS).where(_REPLICAS.c.holder == holder).values(**seen))
+        if done.rowcount == 0:  # its first try (the holder is unique to the process)
+            conn.execute(
+                insert(_REPLICAS).values(holder=holder, host=host, pid=pid, started_at=now, **seen)
             )
-            live = row.expires_at > now
-            if live and row.holder != holder:
-                return False, state
-            values: dict[str, Any]
-            if live:  # ours: renew
-                values = {"renewed_at": now, "expires_at": until}
-                acquired_at, token = row.acquired_at, row.token
-            else:  # free: a new holder (or us again after a gap) gets a new token
-                token = row.token + 1
-                acquired_at = now
-                values = {
-                    "holder": holder,
-                    "token": token,
-                    "acquired_at": now,
-                    "renewed_at": now,
-                    "expires_at": until,
-                }
-            conn.execute(update(_LEASES).where(_LEASES.c.name == LEADER).values(**values))
-            return True, LeaseState(holder, token, acquired_at, now, until, now)
+            conn.execute(
+                _REPLICAS.delete().where(_REPLICAS.c.seen_at < now - REPLICA_FORGOTTEN_AFTER)
+            )
+
+    @staticmethod
+    def _claim(conn: Any, holder: str, ttl: float) -> tuple[bool, LeaseState | None]:
+        now = _db_now(conn)
+        until = now + timedelta(seconds=ttl)
+        q = select(_LEASES).where(_LEASES.c.name == LEADER).with_for_update()
+        row = conn.execute(q).first()
+        if row is None:
+            new = LeaseState(holder, 1, now, now, until, now)
+            conn.execute(
+                insert(_LEASES).values(
+                    name=LEADER,
+                    holder=holder,
+                    token=1,
+                    acquired_at=now,
+                    renewed_at=now,
+                    expires_at=until,
+                )
+            )
+            return True, new
+        state = LeaseState(
+            row.holder, row.token, row.acquired_at, row.renewed_at, row.expires_at, now
+        )
+        live = row.expires_at > now
+        if live and row.holder != holder:
+            return False, state
+        values: dict[str, Any]
+        if live:  # ours: renew
+            values = {"renewed_at": now, "expires_at": until}
+            acquired_at, token = row.acquired_at, row.token
+        else:  # free: a new holder (or us again after a gap) gets a new token
+            token = row.token + 1
+            acquired_at = now
+            values = {
+                "holder": holder,
+                "token": token,
+                "acquired_at": now,
+                "renewed_at": now,
+                "expires_at": until,
+            }
+        conn.execute(update(_LEASES).where(_LEASES.c.name == LEADER).values(**values))
+        return True, LeaseState(holder, token, acquired_at, now, until, now)
 
     def release_lease(self, holder: str) -> None:
-        """Give the lease up at a clean stop, so a standby takes over at its next try."""
+        """Give the lease up at a clean stop, so a standby takes over at its next try;
+        this replica is no longer one (its heartbeat row goes)."""
         with self.engine.begin() as conn:
             now = _db_now(conn)
             conn.execute(
@@ -279,6 +326,14 @@ class Store:
                 .where(_LEASES.c.name == LEADER, _LEASES.c.holder == holder)
                 .values(expires_at=now)
             )
+            conn.execute(_REPLICAS.delete().where(_REPLICAS.c.holder == holder))
+
+    def read_replicas(self) -> tuple[list[Replica], datetime]:
+        """Every replica heard from in the last day, the most recent first, and the DB
+        server's clock now (to say how long ago)."""
+        with self._sessions() as session:
+            rows = list(session.scalars(select(Replica).order_by(Replica.seen_at.desc())))
+            return rows, _db_now(session.connection())
 
     def read_lease(self) -> LeaseState | None:
         with self.engine.connect() as conn:
@@ -327,8 +382,9 @@ class Head:
 class Unit:
     """Repository methods bound to one open transaction."""
 
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: Session, replica: str | None = None) -> None:
         self.s = session
+        self.replica = replica  # who this process is, recorded on each attempt
 
     # ----- cursor ----------------------------------------------------------------------
     def get_state(self, name: str) -> str | None:
@@ -680,7 +736,9 @@ class Unit:
             # Counts towards flood control from now; moved to when xMatters answered
             # once it did (see ``pages_sent_since``).
             action.sent_at = now
-        attempt = Attempt(outbox_id=action.id, number=action.attempts, started_at=now)
+        attempt = Attempt(
+            outbox_id=action.id, number=action.attempts, started_at=now, replica=self.replica
+        )
         self.s.add(attempt)
         self.s.flush()
         return attempt

@@ -285,6 +285,8 @@ def test_explain_tells_the_story_of_a_paged_and_resolved_incident(
     assert "transition New Incident" in out and "transition Resolved" in out
     assert "try 1: ok" in out and "jsmith responded" in out and "-> note action #" in out
     assert "why nothing fired: the daemon's own write-back" in out
+    # who made each attempt: this process here (on replicas, the lease holder)
+    assert f"by {socket.gethostname()} pid {os.getpid()}" in out
 
 
 def test_explain_a_baseline_incident_says_why_nobody_was_paged(
