@@ -91,6 +91,15 @@ def _parser() -> argparse.ArgumentParser:
         "--no-flood-control", action="store_true", help="disable xMatters alert flood control"
     )
     sim.add_argument("--seed", type=int, default=0, help="create N sample incidents at start")
+    sim.add_argument(
+        "--profile",
+        choices=("default", "strict"),
+        default="default",
+        help="default: the reference's likeliest reading of each open question; strict: the "
+        "hardest reading a real tenant might have, all at once (sub-second times, GUID RecId "
+        "order, PUT as replace, a session cap, RecId-only event lookups, delayed flows, ...; "
+        "README 'Simulator switches')",
+    )
 
     db = sub.add_parser("db", help="state DB migrations")
     dbsub = db.add_subparsers(dest="db_command", metavar="ACTION")
@@ -259,6 +268,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             quirks=not args.no_quirks,
             flood_control=not args.no_flood_control,
             seed=args.seed,
+            profile=args.profile,
         )
     if cmd == "db":
         return _db(args)
@@ -424,6 +434,7 @@ def _report_dict(
             for a in (poll.actions if poll else [])
         ],
         "delivered": len(report.delivery.done),
+        "awaiting_event": len(report.delivery.awaiting_event),
         "retrying": len(report.delivery.retried),
         "dead": len(report.delivery.dead),
         "writeback_notes": report.writeback.notes if report.writeback else 0,
@@ -456,7 +467,8 @@ def _print_report(report: CycleReport, dry_run: bool, numbers: dict[str, int]) -
         )
     if not dry_run:
         print(
-            f"delivered {d['delivered']}, retrying {d['retrying']}, dead {d['dead']}, "
+            f"delivered {d['delivered']}, accepted awaiting their event {d['awaiting_event']}, "
+            f"retrying {d['retrying']}, dead {d['dead']}, "
             f"write-back notes queued {d['writeback_notes']}"
         )
     if d["error"]:

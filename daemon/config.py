@@ -64,6 +64,7 @@ SETTING_NAMES: tuple[str, ...] = (
     "IVANTI_PASSWORD",
     "IVANTI_ROLE",
     "IVANTI_TIMEOUT",
+    "IVANTI_UPDATE_METHOD",
     "IVANTI_SCOPE_FILTER",
     "IVANTI_EXTRA_FIELDS",
     "XMATTERS_BASE_URL",
@@ -120,7 +121,15 @@ SETTING_NAMES: tuple[str, ...] = (
     "IXM_RULES_FILE",
 )
 # Read by the tooling around the daemon, not by it: not warned about.
-_TOOLING_NAMES = frozenset({"IXM_VENV", "IXM_SOAK_SEED", "IXM_TEST_POSTGRES"})
+_TOOLING_NAMES = frozenset(
+    {
+        "IXM_VENV",
+        "IXM_SOAK_SEED",
+        "IXM_TEST_POSTGRES",
+        "IXM_SIM_PROFILE",
+        "IXM_SIM_PROFILE_POSTGRES",
+    }
+)
 _KNOWN_NAMES = frozenset(SETTING_NAMES) | {f"{n}_FILE" for n in SECRET_NAMES} | _TOOLING_NAMES
 _SETTING_PREFIXES = ("IXM_", "IVANTI_", "XMATTERS_")
 
@@ -178,6 +187,7 @@ class IvantiSettings:
     password: str | None = field(default=None, repr=False)
     role: str = "Admin"
     timeout: float = 30.0
+    update_method: str = "PATCH"
     scope_filter: str = ""
     extra_fields: tuple[str, ...] = ()
 
@@ -213,7 +223,9 @@ class XMattersSettings:
     user_response_options: tuple[str, ...] = ()
     group_response_options: tuple[str, ...] = ()
     notes_prefix: str = "[xMatters]"
-    recid_property: str = "RecId#en"
+    # The propertyName spellings that find an incident's events, tried in order until
+    # one finds any: whether xMatters wants RecId#en or RecId is an open question.
+    recid_properties: tuple[str, ...] = ("RecId#en", "RecId")
     event_priority: Literal["LOW", "MEDIUM", "HIGH"] = "MEDIUM"
     timeout: float = 30.0
     rate_limit_per_s: float = 100.0
@@ -327,6 +339,7 @@ class Settings:
             ("IVANTI_PASSWORD", self._secret("IVANTI_PASSWORD", iv.password)),
             ("IVANTI_ROLE", iv.role if iv.auth == "session" else f"{iv.role} (unused: API key)"),
             ("IVANTI_TIMEOUT", _show(iv.timeout)),
+            ("IVANTI_UPDATE_METHOD", iv.update_method),
             ("IVANTI_SCOPE_FILTER", _show(iv.scope_filter)),
             ("IVANTI_EXTRA_FIELDS", _show(iv.extra_fields)),
         ]
@@ -350,7 +363,7 @@ class Settings:
             ("XMATTERS_RESPONSES_USER", _show(xm.user_response_options)),
             ("XMATTERS_RESPONSES_GROUP", _show(xm.group_response_options)),
             ("XMATTERS_NOTES_PREFIX", xm.notes_prefix),
-            ("XMATTERS_RECID_PROPERTY", xm.recid_property),
+            ("XMATTERS_RECID_PROPERTY", ",".join(xm.recid_properties)),
             ("XMATTERS_EVENT_PRIORITY", xm.event_priority),
             ("XMATTERS_TIMEOUT", _show(xm.timeout)),
             ("XMATTERS_RATE_LIMIT", _show(xm.rate_limit_per_s)),
@@ -757,6 +770,7 @@ def _load_ivanti(env: _Env) -> IvantiSettings:
         password=password,
         role=env.text("IVANTI_ROLE", "Admin"),
         timeout=env.seconds("IVANTI_TIMEOUT", 30.0, lo=0.1),
+        update_method=env.choice("IVANTI_UPDATE_METHOD", "PATCH", ("PATCH", "PUT")),
         scope_filter=scope,
         extra_fields=env.attempt(lambda: _extra_fields(env), (), "IVANTI_EXTRA_FIELDS"),
     )
@@ -936,7 +950,7 @@ def _load_xmatters(env: _Env) -> XMattersSettings:
         user_response_options=user_opts,
         group_response_options=group_opts,
         notes_prefix=env.text("XMATTERS_NOTES_PREFIX", "[xMatters]"),
-        recid_property=env.text("XMATTERS_RECID_PROPERTY", "RecId#en"),
+        recid_properties=env.items("XMATTERS_RECID_PROPERTY", "RecId#en,RecId"),
         event_priority=env.choice(  # type: ignore[arg-type]
             "XMATTERS_EVENT_PRIORITY", "MEDIUM", ("LOW", "MEDIUM", "HIGH")
         ),

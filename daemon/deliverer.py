@@ -38,14 +38,14 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from daemon.domain import FORM_PROPERTY_LIMITS, Policy
 from daemon.errors import ApiError, AuthError, NotFound, OutcomeUnknown, PermanentError
 from daemon.ivanti import IvantiClient
-from daemon.landed import proof_of_page
+from daemon.landed import event_property, proof_of_page
 from daemon.logs import log_event
 from daemon.models import OutboxAction
 from daemon.store import Head, Store, Unit
@@ -62,6 +62,9 @@ LIVE = ("ACTIVE", "SUSPENDED")
 # (form trigger) or fails the flow's Create Alert step after answering 202 (workflow
 # trigger): either way nobody would be paged, so fit_form_limits cuts it.
 FORM_TRUNCATION_MARKER = "…[truncated]"
+
+
+_AWAITING = "; waiting for its event to appear"  # the outcome of a page until _confirm
 
 
 def utcnow() -> datetime:
@@ -98,7 +101,7 @@ class DeliveryConfig:
     backoff_base: float = 2.0
     backoff_max: float = 600.0
     flood_limit_per_min: int = 4
-    recid_property: str = "RecId#en"
+    recid_properties: tuple[str, ...] = ("RecId#en", "RecId")
     user_response_options: tuple[str, ...] = ()
     group_response_options: tuple[str, ...] = ()
     event_priority: str = "MEDIUM"
@@ -126,6 +129,9 @@ class DeliveryResult:
     skipped: list[int] = field(default_factory=list)
     # pages accepted by xMatters whose event did not appear within event_timeout
     no_event: list[int] = field(default_factory=list)
+    # pages xMatters accepted in this round whose event is not visible yet (a flow creates
+    # it asynchronously); done once it is seen
+    awaiting_event: list[int] = field(default_factory=list)
 
     @property
     def attempted(self) -> int:
@@ -201,6 +207,7 @@ class Deliverer:
         self.now = now
         self.rng = rng or random.Random()
         self._last_round: datetime | None = None
+        self._recid_name = ""  # the RecId spelling that last found events
 
     # ----- public ------------------------------------------------------------------------
     def run_once(self, *, max_actions: int = 200) -> DeliveryResult:
@@ -233,12 +240,8 @@ class Deliverer:
         total = DeliveryResult()
         for _ in range(max_rounds):
             r = self.run_once()
-            total.done += r.done
-            total.retried += r.retried
-            total.dead += r.dead
-            total.deferred += r.deferred
-            total.skipped += r.skipped
-            total.no_event += r.no_event
+            for f in fields(DeliveryResult):
+                getattr(total, f.name).extend(getattr(r, f.name))
             if not r.done:
                 break
         return total
@@ -478,8 +481,12 @@ class Deliverer:
                 return
             if events:
                 self._finish_page(u, action, events, now)
+                # keep what the sending attempt said (e.g. that it was a re-send)
+                sent = (action.outcome or "").removesuffix(_AWAITING) or (
+                    f"triggered {c.payload.get('type')} (requestId {c.request_id})"
+                )
                 action.outcome = (
-                    f"triggered {c.payload.get('type')} (requestId {c.request_id}); event "
+                    f"{sent}; event "
                     + ", ".join(str(e.get("id")) for e in events)
                     + f", seen {int((now - c.accepted_at).total_seconds())} s after acceptance"
                 )
@@ -579,10 +586,32 @@ class Deliverer:
         return self.xm is not None and self.xm.has_rest
 
     def _live_events(self, rec_id: str) -> list[dict[str, Any]]:
+        return self._incident_events(rec_id, statuses=LIVE)
+
+    def _incident_events(self, rec_id: str, **filters: Any) -> list[dict[str, Any]]:
+        """The xMatters events whose RecId property is ``rec_id``.
+
+        Whether the ``propertyName`` filter wants ``RecId#en`` or plain ``RecId`` is an
+        open question (xmatters-api.md §9.4), and a name the tenant does not know finds
+        nothing rather than failing. So each configured spelling is tried in turn until
+        one finds events, and that one is used first from then on. Events whose RecId
+        property says otherwise are dropped, in case a tenant ignores an unknown filter.
+        """
         xm = self._require_xm()
-        return xm.find_events(
-            property_name=self.cfg.recid_property, property_value=rec_id, statuses=LIVE
-        )
+        names = list(self.cfg.recid_properties)
+        if self._recid_name in names:
+            names.remove(self._recid_name)
+            names.insert(0, self._recid_name)
+        for name in names:
+            events = [
+                e
+                for e in xm.find_events(property_name=name, property_value=rec_id, **filters)
+                if event_property(e, "RecId") in (None, rec_id)
+            ]
+            if events:
+                self._recid_name = name
+                return events
+        return []
 
     def _page(self, call: _Call) -> _Outcome:
         xm = self._require_xm()
@@ -643,11 +672,7 @@ class Deliverer:
         if events:
             summary += "; event " + ", ".join(str(e.get("id")) for e in events)
             return _Outcome(summary, request_id=rid, events=events, terminated_all=True)
-        return _Outcome(
-            summary + "; waiting for its event to appear",
-            request_id=rid,
-            awaiting_event=True,
-        )
+        return _Outcome(summary + _AWAITING, request_id=rid, awaiting_event=True)
 
     def _proof(
         self,
@@ -665,11 +690,7 @@ class Deliverer:
             events = xm.find_events(request_id=request_id)
             if events:
                 return events
-        candidates = xm.find_events(
-            property_name=self.cfg.recid_property,
-            property_value=rec_id,
-            embed=("properties", "recipients"),
-        )
+        candidates = self._incident_events(rec_id, embed=("properties", "recipients"))
         return proof_of_page(
             candidates,
             page_type=str(payload.get("type") or ""),
@@ -818,6 +839,7 @@ class Deliverer:
                 action.last_error = None
                 action.next_attempt_at = now + timedelta(seconds=1)
                 result.deferred.append(action_id)
+                result.awaiting_event.append(action_id)
                 log_event(
                     log,
                     logging.INFO,

@@ -151,6 +151,7 @@ class IvantiClient:
         password: str | None = None,
         role: str = "Admin",
         timeout: float = 30.0,
+        update_method: str = "PATCH",
         transport: httpx.BaseTransport | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -165,6 +166,12 @@ class IvantiClient:
         self.host = host
         self.tenant = tenant or host
         self.role = role
+        if update_method.upper() not in ("PUT", "PATCH"):
+            raise ValueError(f"update_method must be PUT or PATCH, got {update_method!r}")
+        # PATCH: partial by definition. Whether a PUT empties the fields its body omits is
+        # an open question (ivanti-api.md §8.10); a tenant that refuses PATCH (405) is
+        # written with PUT from then on, as the original workflow does.
+        self.update_method = update_method.upper()
         self._api_key = api_key or None
         self._username = username
         self._password = password
@@ -609,27 +616,33 @@ class IvantiClient:
     # ----- writing -----------------------------------------------------------------------
 
     def update_incident(
-        self, rec_id: str, fields: Mapping[str, object], *, method: str = "PUT"
+        self, rec_id: str, fields: Mapping[str, object], *, method: str | None = None
     ) -> dict[str, Any]:
         """Write ``fields`` (a partial body) and return the updated entity.
+
+        ``method`` defaults to ``update_method`` (PATCH unless configured). A PATCH answered
+        405 changed nothing, so it is sent again at once as a PUT, and PUT is used from then
+        on (one WARNING says so).
 
         Not idempotent (``NewNotes`` appends a note), so a 5xx or a lost answer is
         ``OutcomeUnknown``. A refused write (400) is ``PermanentError`` carrying Ivanti's
         messages, e.g. ``Required field Incident.Category value must be provided``; an
         unknown RecId is ``NotFound``. A 204 returns ``{}``.
         """
-        verb = method.upper()
+        verb = (method or self.update_method).upper()
         if verb not in ("PUT", "PATCH"):
             raise ValueError(f"method must be PUT or PATCH, got {method!r}")
         if not fields:
             raise ValueError("fields must not be empty (Ivanti answers 400 for an empty body)")
-        response = self._send(
-            "update",
-            verb,
-            self._record_path("incidents", rec_id),
-            json_body=dict(fields),
-            idempotent=False,
-        )
+        path = self._record_path("incidents", rec_id)
+        response = self._send("update", verb, path, json_body=dict(fields), idempotent=False)
+        if response.status_code == 405 and verb == "PATCH":
+            log.warning(
+                "Ivanti refuses PATCH (405) on incidents: writing with PUT from now on "
+                "(set IVANTI_UPDATE_METHOD=PUT to skip the first try)"
+            )
+            self.update_method = "PUT"
+            response = self._send("update", "PUT", path, json_body=dict(fields), idempotent=False)
         missing = self._missing_record("update", response)
         if missing is not None:
             raise missing

@@ -34,6 +34,11 @@ def _properties(event: Mapping[str, Any]) -> dict[str, Any]:
     return {str(k).split("#", 1)[0]: v for k, v in props.items()}
 
 
+def event_property(event: Mapping[str, Any], name: str) -> Any:
+    """An event property by its plain name (``RecId`` reads ``RecId#en`` too); None if absent."""
+    return _properties(event).get(name)
+
+
 def _recipient_names(event: Mapping[str, Any]) -> set[str] | None:
     """Casefolded ids and targetNames of the event's recipients; None when absent."""
     block = event.get("recipients")

@@ -76,6 +76,7 @@ def build_ivanti(settings: Settings, **kwargs: Any) -> IvantiClient:
         password=iv.password,
         role=iv.role,
         timeout=iv.timeout,
+        update_method=iv.update_method,
         **kwargs,
     )
 
@@ -167,7 +168,7 @@ class Service:
                 backoff_max=d.backoff_max,
                 event_timeout=timedelta(seconds=d.event_timeout),
                 flood_limit_per_min=xs.flood_limit_per_min,
-                recid_property=xs.recid_property,
+                recid_properties=xs.recid_properties,
                 user_response_options=xs.user_response_options,
                 group_response_options=xs.group_response_options,
                 event_priority=xs.event_priority,

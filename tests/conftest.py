@@ -26,6 +26,15 @@ START = datetime(2026, 11, 27, 10, 0, 0, tzinfo=UTC)
 PG_ADMIN_URL = os.environ.get("IXM_TEST_POSTGRES", "")
 BACKENDS = ["sqlite", "postgresql"] if PG_ADMIN_URL else ["sqlite"]
 
+# The simulators' switch profile (daemon.simulators.profiles): `default`, or `strict` for
+# the hardest reading of every open question at once (`./dev test --strict`).
+# IXM_SIM_PROFILE_POSTGRES, when set, is the profile of the tests on PostgreSQL: CI runs the
+# end-to-end suite on SQLite under `default` and on PostgreSQL under `strict`, so each test
+# meets both backends and both profiles within the time budget. A test that is about one
+# reading pins it with @pytest.mark.sim_profile("default").
+SIM_PROFILE = os.environ.get("IXM_SIM_PROFILE", "default")
+SIM_PROFILE_POSTGRES = os.environ.get("IXM_SIM_PROFILE_POSTGRES", "") or SIM_PROFILE
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--soak", action="store_true", help="run the long randomized soak")
@@ -38,8 +47,22 @@ def clock() -> SimClock:
 
 
 @pytest.fixture
-def sims(clock: SimClock) -> Iterator[SimPair]:
-    with SimPair(clock=clock) as pair:
+def sim_profile(request: pytest.FixtureRequest) -> str:
+    """The simulator profile of this test: its sim_profile marker, else the profile of its
+    backend (IXM_SIM_PROFILE_POSTGRES on PostgreSQL), else IXM_SIM_PROFILE."""
+    marker = request.node.get_closest_marker("sim_profile")
+    if marker is not None:
+        return str(marker.args[0])
+    callspec = getattr(request.node, "callspec", None)
+    on_pg = "pg_state_db_url" in request.fixturenames or (
+        callspec is not None and callspec.params.get("state_db_url") == "postgresql"
+    )
+    return SIM_PROFILE_POSTGRES if on_pg else SIM_PROFILE
+
+
+@pytest.fixture
+def sims(clock: SimClock, sim_profile: str) -> Iterator[SimPair]:
+    with SimPair(clock=clock, profile=sim_profile) as pair:
         yield pair
 
 

@@ -54,7 +54,7 @@ FAULT_KINDS: tuple[str, ...] = (
 class Fault:
     kind: FaultKind
     path: str = ""  # regular expression searched in the request path ("" matches all)
-    method: str | None = None  # None matches every method
+    method: str | None = None  # None matches every method; "PATCH|PUT" either of them
     status: int = 500
     retry_after: float | None = None
     delay: float = 0.0
@@ -69,7 +69,7 @@ class Fault:
         self._body_rx = re.compile(self.body) if self.body else None
 
     def matches(self, method: str, path: str, body: str = "") -> bool:
-        if self.method is not None and self.method.upper() != method.upper():
+        if self.method is not None and method.upper() not in self.method.upper().split("|"):
             return False
         if self._body_rx is not None and self._body_rx.search(body) is None:
             return False

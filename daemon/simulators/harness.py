@@ -12,6 +12,7 @@ from typing import Any
 
 from daemon.simulators.clock import SimClock
 from daemon.simulators.ivanti import IvantiSimulator
+from daemon.simulators.profiles import profile as named_profile
 from daemon.simulators.xmatters import XMattersSimulator
 
 IVANTI_API_KEY = "SIMKEY0000000000000000000000AAAA"
@@ -30,10 +31,18 @@ class SimPair:
         log_requests: bool = False,
         ivanti_kwargs: Mapping[str, Any] | None = None,
         xmatters_kwargs: Mapping[str, Any] | None = None,
+        profile: str = "default",
     ) -> None:
+        """``profile`` names a set of switches (``daemon.simulators.profiles``); explicit
+        ``ivanti_kwargs`` / ``xmatters_kwargs`` win over it."""
         self.clock = clock or SimClock(frozen=True)
+        chosen = named_profile(profile)
+        self.profile = chosen.name
         ikw: dict[str, Any] = {"api_keys": {IVANTI_API_KEY: IVANTI_KEY_USER}}
+        ikw.update(chosen.ivanti)
         ikw.update(ivanti_kwargs or {})
+        xkw: dict[str, Any] = dict(chosen.xmatters)
+        xkw.update(xmatters_kwargs or {})
         self.ivanti = IvantiSimulator(
             clock=self.clock, quirks=quirks, log_requests=log_requests, **ikw
         )
@@ -41,7 +50,7 @@ class SimPair:
             self.clock,
             flood_control=flood_control,
             log_requests=log_requests,
-            **dict(xmatters_kwargs or {}),
+            **xkw,
         )
 
     def start(
@@ -66,6 +75,15 @@ class SimPair:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def settle(self) -> float:
+        """Let the sim clock run until every pending asynchronous xMatters flow has run,
+        as when a person looks a little later; returns the seconds it moved (0: none)."""
+        wait = self.xmatters.flows_due_in()
+        if wait > 0:
+            self.clock.advance(wait)
+            self.xmatters.flows_due_in()  # runs them now, not at the next request
+        return wait
 
     def daemon_env(
         self,

@@ -17,8 +17,8 @@ and page without scanning and sorting them in Python. Handlers run one at a time
 ``quirks=False`` switches off what Ivanti does wrong (see ``QUIRKS``) so a test can tell
 "the daemon copes with the quirk" from "the daemon is correct".
 
-Two open questions of the reference (ivanti-api.md §8) are switches, today's reading
-the default:
+Open questions of the reference (ivanti-api.md §8) are switches, today's reading the
+default (``daemon.simulators.profiles`` names the strict choice of each):
 
 * ``subsecond_times=True``: Ivanti stores a save's time with sub-seconds but serves it
   in whole seconds. Saves are stamped at the clock's instant, each a microsecond after
@@ -27,6 +27,15 @@ the default:
 * ``recid_sort="guid"``: ``$orderby`` sorts RecId as SQL Server sorts a
   ``uniqueidentifier`` (last group first) while ``RecId gt '...'`` compares text, so a
   RecId keyset taken from a sorted page skips rows.
+* ``put_semantics="replace"``: a PUT empties every editable text field its body omits
+  (PATCH stays partial); ``patch_allowed=False``: PATCH answers 405.
+* ``odata_count``: ``@odata.count`` ``always`` served, only when ``asked``
+  (``$count=true``), ``never``, or ``unreliable`` (0 beside real rows).
+* ``default_order``: the order without ``$orderby``: ``recid``, ``latest_first``, or
+  ``unordered`` (stable across pages, by nothing a client could rely on).
+* ``session_idle_timeout`` and ``session_cap`` (live sessions per user; the next login
+  is refused). The tenant a login must name is the host the simulator is reached by
+  (``127.0.0.1``), or ``tenant`` when given.
 """
 
 from __future__ import annotations
@@ -90,6 +99,10 @@ UNSET_DATETIME = "0001-01-01T00:00:00Z"
 FIRST_INCIDENT_NUMBER = 10000
 MAX_TOP = 100
 DEFAULT_TOP = 25
+# Switches for open questions of the reference (§8); the first of each is the default.
+PUT_SEMANTICS = ("merge", "replace")  # §8.10: does PUT empty the fields its body omits?
+ODATA_COUNTS = ("always", "asked", "never", "unreliable")  # §8.7 and §2.1
+DEFAULT_ORDERS = ("recid", "latest_first", "unordered")  # §8.8: the order without $orderby
 
 _LOGIN_FAILED = (
     "Unhandled system exception: Tenant Not Found or wrong Password or OpenID not "
@@ -448,7 +461,7 @@ class IvantiSimulator(SimServer):
         self,
         *,
         clock: SimClock | None = None,
-        tenant: str = "sim.ivanti.local",
+        tenant: str | None = None,
         users: Mapping[str, tuple[str, set[str]]] | None = None,
         api_keys: Mapping[str, str] | None = None,
         session_idle_timeout: float = 1800.0,
@@ -461,11 +474,30 @@ class IvantiSimulator(SimServer):
         log_requests: bool = False,
         subsecond_times: bool = False,
         recid_sort: str = "text",
+        put_semantics: str = "merge",
+        patch_allowed: bool = True,
+        odata_count: str = "always",
+        default_order: str = "recid",
+        session_cap: int | None = None,
     ) -> None:
         super().__init__(clock, log_requests=log_requests)
         if recid_sort not in ("text", "guid"):
             raise ValueError(f"recid_sort must be 'text' or 'guid', not {recid_sort!r}")
-        self.tenant = tenant
+        for name, value, allowed in (
+            ("put_semantics", put_semantics, PUT_SEMANTICS),
+            ("odata_count", odata_count, ODATA_COUNTS),
+            ("default_order", default_order, DEFAULT_ORDERS),
+        ):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}; not {value!r}")
+        if session_cap is not None and session_cap < 1:
+            raise ValueError("session_cap must be at least 1 (or None: no cap)")
+        self.fixed_tenant = tenant
+        self.put_semantics = put_semantics
+        self.patch_allowed = patch_allowed
+        self.odata_count = odata_count
+        self.default_order = default_order
+        self.session_cap = session_cap
         self.quirks = quirks
         self.subsecond_times = subsecond_times
         self.recid_sort = recid_sort
@@ -618,6 +650,14 @@ class IvantiSimulator(SimServer):
         }
 
     # ----- authentication ------------------------------------------------------------
+    @property
+    def tenant(self) -> str:
+        """The tenant name a login must give: the fixed one, else the host this simulator
+        listens on (as a real tenant's name is its host, what clients send by default)."""
+        if self.fixed_tenant:
+            return self.fixed_tenant
+        return "127.0.0.1" if self._httpd is not None else "sim.ivanti.local"
+
     def _login(self, req: Request, m: re.Match[str]) -> Response:
         try:
             body = json.loads(req.body or b"null")
@@ -630,19 +670,45 @@ class IvantiSimulator(SimServer):
         password = body.get("password")
         role = str(body.get("role") or "")
         login = self._find_user(username)
-        if not self._tenant_matches(tenant) or login is None:
+        name = self._tenant_matches(tenant, req)
+        if name is None or login is None:
             raise _bad(_LOGIN_FAILED)
         expected, roles = self.users[login]
         if password != expected or role not in roles:
             raise _bad(_LOGIN_FAILED)
-        key = f"{self.tenant}#{''.join(secrets.choice(_KEY_CHARS) for _ in range(32))}#1"
+        self._drop_idle_sessions()
+        mine = [k for k, s in self._sessions.items() if s.login == login]
+        if self.session_cap is not None and len(mine) >= self.session_cap:
+            # A per-user cap on live sessions (reference §8.3): the next login is refused
+            # until one logs out or times out, so a client that leaks sessions locks itself out.
+            raise _bad(
+                f"Maximum number of sessions ({self.session_cap}) reached for user {login}",
+                "Too Many Sessions",
+            )
+        key = f"{name}#{''.join(secrets.choice(_KEY_CHARS) for _ in range(32))}#1"
         self._sessions[key] = _Session(login, role, self.clock.now())
         return Response.json(200, key)
 
-    def _tenant_matches(self, tenant: str) -> bool:
-        """Both readings of the reference: a bare host (Netskope) or the tenant URL (Ivanti)."""
-        host = re.sub(r"^https?://", "", tenant.strip(), flags=re.IGNORECASE).rstrip("/")
-        return host.casefold() == self.tenant.casefold()
+    def _tenant_matches(self, tenant: str, req: Request) -> str | None:
+        """The tenant name a login gave, if it is this tenant: a bare host (Netskope) or the
+        tenant URL (Ivanti), naming the fixed tenant, or (when none is fixed) the host the
+        request reached, with or without its port. None when it names another tenant."""
+        given = re.sub(r"^https?://", "", tenant.strip(), flags=re.IGNORECASE).rstrip("/")
+        if self.fixed_tenant:
+            names = {self.fixed_tenant}
+        else:
+            reached = req.header("Host") or ""
+            names = {self.tenant, reached, reached.rsplit(":", 1)[0]} - {""}
+        for name in names:
+            if given.casefold() == name.casefold():
+                return name
+        return None
+
+    def _drop_idle_sessions(self) -> None:
+        limit = timedelta(seconds=self.session_idle_timeout)
+        now = self.clock.now()
+        for key in [k for k, s in self._sessions.items() if now - s.last_used > limit]:
+            del self._sessions[key]
 
     def _find_user(self, username: str) -> str | None:
         return next((u for u in self.users if u.casefold() == username.casefold()), None)
@@ -708,7 +774,7 @@ class IvantiSimulator(SimServer):
             keys = (
                 parse_orderby(req.query["$orderby"], coll.table.by_name)
                 if "$orderby" in req.query
-                else [(coll.table.by_name["RecId"], False)]
+                else self._default_keys(coll.table)
             )
         except OrderByEmpty as exc:
             raise _ivanti_error(
@@ -729,17 +795,30 @@ class IvantiSimulator(SimServer):
         if count == 0:
             return Response(200, b"", {})  # measured: an empty match is a blank 200
         collations = {"RecId": "GUIDORDER"} if self.recid_sort == "guid" else None
+        if "$orderby" not in req.query and self.default_order == "unordered":
+            collations = {"RecId": "GUIDORDER"}  # stable for $skip, unrelated to any field
         order, order_params = compile_orderby(keys, collations)
         rows = coll.table.select(where, params, order, order_params, top, skip)
         values = [self._serve(r, coll.table) for r in rows]
         if select is not None:
             values = [{k: v[k] for k in select} for v in values]
-        body = {
-            "@odata.context": self._context(self._base(req, m["heat"]), coll.set_name, False),
-            "@odata.count": count,
-            "value": values,
+        body: dict[str, Any] = {
+            "@odata.context": self._context(self._base(req, m["heat"]), coll.set_name, False)
         }
+        asked = req.query.get("$count", "").strip().lower() == "true"
+        if self.odata_count == "always" or (self.odata_count == "asked" and asked):
+            body["@odata.count"] = count
+        elif self.odata_count == "unreliable":
+            body["@odata.count"] = 0  # seen: reported as 0 alongside real rows (§2.1)
+        body["value"] = values
         return Response.json(200, body, {"OData-Version": "4.0"})
+
+    def _default_keys(self, table: _Table) -> list[tuple[Column, bool]]:
+        """The order without ``$orderby`` (reference §8.8): RecId, latest change first, or
+        ``unordered`` (stable across pages, but by nothing a client could rely on)."""
+        if self.default_order == "latest_first" and "LastModDateTime" in table.by_name:
+            return [(table.by_name["LastModDateTime"], True)]
+        return [(table.by_name["RecId"], False)]
 
     @staticmethod
     def _paging(query: Mapping[str, str]) -> tuple[int, int]:
@@ -801,12 +880,30 @@ class IvantiSimulator(SimServer):
             if not rec_id:
                 raise _bad("Invalid Business Object Key", "Invalid Request Payload")
             fields = self._payload(req)
+            if req.method == "PATCH" and not self.patch_allowed:
+                raise _ivanti_error(
+                    405, "The requested resource does not support http method 'PATCH'."
+                )
+            if req.method == "PUT" and self.put_semantics == "replace":
+                fields = {**self._cleared_fields(), **fields}
             record = self._save(rec_id, fields, user, api=True)
         except BadRequest as exc:
             self._log_write(rec_id, user, fields, exc.message)
             raise
         self._log_write(rec_id, user, fields, None)
         return Response.json(200, self._entity(record, self._base(req, m["heat"])))
+
+    def _cleared_fields(self) -> dict[str, Any]:
+        """PUT as a full replace (reference §8.10): every editable free-text field the body
+        omits is emptied (validated ones, e.g. Status and Priority, keep their value)."""
+        return {
+            c.name: ""
+            for c in self._incidents.columns
+            if c.type is TXT
+            and c.name not in SYSTEM_FIELDS
+            and c.name not in self.pick_lists
+            and c.name != "RecId"
+        }
 
     @staticmethod
     def _payload(req: Request) -> dict[str, Any]:

@@ -21,9 +21,14 @@ def run_simulators(
     quirks: bool = True,
     flood_control: bool = True,
     seed: int = 0,
+    profile: str = "default",
 ) -> int:
     pair = SimPair(
-        clock=SimClock(frozen=False), quirks=quirks, flood_control=flood_control, log_requests=True
+        clock=SimClock(frozen=False),
+        quirks=quirks,
+        flood_control=flood_control,
+        log_requests=True,
+        profile=profile,
     )
     pair.start(host, ivanti_port, xmatters_port)
     for i in range(seed):
@@ -33,7 +38,7 @@ def run_simulators(
             OwnerTeam=("Network Operations", "Database Team", "Service Desk")[i % 3],
         )
     env = pair.daemon_env("ivanti-xmatters.db")
-    print("Simulators running (Ctrl-C to stop). Point the daemon at them with:")
+    print(f"Simulators running, {profile} profile (Ctrl-C to stop). Point the daemon at them with:")
     for k, v in env.items():
         if k != "IXM_LOG_LEVEL":
             print(f"  export {k}='{v}'")

@@ -36,6 +36,13 @@ Switches for readings the reference leaves open (today's behaviour the default):
 * ``set_workflow_writeback(ivanti_url, ...)``: the original workflow's own write-back
   steps, writing notes (and the Assign-to-me Owner/Status) to Ivanti itself
   (``workflow_writes()`` lists them); off by default.
+* Constructor switches (``daemon.simulators.profiles`` names the strict choice of each):
+  ``property_filter`` (``any`` | ``plain`` | ``suffixed``: which ``propertyName``
+  spelling, ``RecId`` or ``RecId#en``, finds events), ``property_keys`` (``plain`` |
+  ``suffixed``: event properties served as ``Type`` or ``Type#en``), ``recipients``
+  (``always`` | ``embedded``: an event's recipients only with ``embed=recipients``),
+  ``response_option`` (``option`` | ``options.data``: where a response audit puts the
+  chosen option), ``trigger_status`` (202 | 200), ``flow_delay``, ``expiry_audit``.
 """
 
 from __future__ import annotations
@@ -75,6 +82,12 @@ LIVE_STATUSES: frozenset[str] = frozenset({"ACTIVE", "SUSPENDED"})
 # END option, or nobody is left to notify) is EVENT_COMPLETED; for expiry
 # (``expirationInMinutes``) the reference names no audit type of its own, so it is a switch.
 END_AUDITS: tuple[str, ...] = ("EVENT_COMPLETED", "EVENT_TERMINATED")
+# Which ``propertyName`` spellings find an event (reference §9.4): either (``any``), only
+# the plain name (``plain``: ``RecId``) or only the language-suffixed one (``suffixed``:
+# ``RecId#en``). A name the tenant does not know matches nothing; it is no error.
+PROPERTY_FILTERS: tuple[str, ...] = ("any", "plain", "suffixed")
+# Where a RESPONSE_RECEIVED audit puts the chosen option (reference §9.6).
+RESPONSE_OPTION_KEYS: tuple[str, ...] = ("option", "options.data")
 PRIORITIES: tuple[str, ...] = ("LOW", "MEDIUM", "HIGH")
 AUDIT_TYPES: tuple[str, ...] = (
     "EVENT_CREATED",
@@ -370,12 +383,24 @@ class XMattersSimulator(SimServer):
         flood_limit: int = 4,
         flow_delay: float = 0.0,
         expiry_audit: str = "EVENT_COMPLETED",
+        property_filter: str = "any",
+        property_keys: str = "plain",
+        recipients: str = "always",
+        response_option: str = "option",
+        trigger_status: int = 202,
         log_requests: bool = False,
     ) -> None:
         super().__init__(clock, log_requests=log_requests)
         if expiry_audit not in END_AUDITS:
             raise ValueError(f"expiry_audit must be one of {END_AUDITS}")
         self.expiry_audit = expiry_audit
+        self.property_filter = _choice("property_filter", property_filter, PROPERTY_FILTERS)
+        self.property_keys = _choice("property_keys", property_keys, ("plain", "suffixed"))
+        self.recipients_served = _choice("recipients", recipients, ("always", "embedded"))
+        self.response_option = _choice("response_option", response_option, RESPONSE_OPTION_KEYS)
+        if trigger_status not in (200, 202):
+            raise ValueError(f"trigger_status must be 200 or 202, not {trigger_status!r}")
+        self.trigger_status = trigger_status
         self.users: dict[str, str] = dict(DEFAULT_USERS if users is None else users)
         self.api_keys: dict[str, str] = dict(DEFAULT_API_KEYS if api_keys is None else api_keys)
         self.oauth_clients: set[str] = set(
@@ -741,7 +766,7 @@ class XMattersSimulator(SimServer):
                 self._start_flow(record, payload, principal)
         else:
             self._run_form(record, payload, principal)
-        return Response.json(202, {"requestId": record["requestId"]})
+        return Response.json(self.trigger_status, {"requestId": record["requestId"]})
 
     def _start_flow(self, record: dict[str, Any], payload: dict[str, Any], who: _Person) -> None:
         if self._flows_failing > 0:
@@ -1037,8 +1062,16 @@ class XMattersSimulator(SimServer):
         return record
 
     # ----- JSON views ------------------------------------------------------------------
-    def _event_json(self, event: _Event, *, embed: str = "") -> dict[str, Any]:
-        """Properties and recipients are always included (the daemon must not rely on embed)."""
+    def _event_json(
+        self, event: _Event, *, embed: str = "", as_served: bool = True
+    ) -> dict[str, Any]:
+        """The event object. Properties are keyed as stored, or with a ``#en`` suffix
+        (``property_keys``); recipients come always, or only when embedded
+        (``recipients="embedded"``, the documented reading). The control API's views
+        (``as_served=False``) show everything as stored, whatever the switches."""
+        properties = copy.deepcopy(event.properties)
+        if as_served and self.property_keys == "suffixed":
+            properties = {(k if "#" in k else f"{k}#en"): v for k, v in properties.items()}
         body: dict[str, Any] = {
             "id": event.id,
             "eventId": event.event_id,
@@ -1053,7 +1086,7 @@ class XMattersSimulator(SimServer):
             "plan": {"id": self.plan_id, "name": PLAN_NAME},
             "form": {"id": self.form_id, "name": FORM_NAME},
             "submitter": {"id": event.submitter.id, "targetName": event.submitter.target_name},
-            "properties": copy.deepcopy(event.properties),
+            "properties": properties,
             "recipients": {
                 "count": len(event.targets),
                 "total": len(event.targets),
@@ -1062,6 +1095,12 @@ class XMattersSimulator(SimServer):
             },
             "links": {"self": event.link()},
         }
+        if (
+            as_served
+            and self.recipients_served == "embedded"
+            and "recipients" not in embed.casefold()
+        ):
+            del body["recipients"]
         if event.terminated is not None:
             body["terminated"] = iso(event.terminated)
         if "responseoptions" in embed.casefold():
@@ -1071,6 +1110,13 @@ class XMattersSimulator(SimServer):
                 "data": copy.deepcopy(event.options),
             }
         return body
+
+    def _chosen_option(self, option: Mapping[str, Any]) -> dict[str, Any]:
+        """A response's chosen option as ``option`` (an object) or ``options.data`` (a list
+        of one), per the ``response_option`` switch (reference §9.6)."""
+        if self.response_option == "option":
+            return {"option": copy.deepcopy(dict(option))}
+        return {"options": {"count": 1, "total": 1, "data": [copy.deepcopy(dict(option))]}}
 
     def _notification_json(
         self,
@@ -1131,8 +1177,8 @@ class XMattersSimulator(SimServer):
     def _filter_events(self, q: Mapping[str, str]) -> list[_Event]:
         """status, propertyName/Value/Operator, requestId, from/to, plan, form, priority, sort.
 
-        Property names match case-blind with or without a ``#en`` suffix; EQUALS
-        and CONTAINS are case-sensitive. Ties on START_TIME keep creation order.
+        Property names match case-blind, with or without a ``#en`` suffix as the
+        ``property_filter`` switch allows; EQUALS and CONTAINS are case-sensitive. Ties on START_TIME keep creation order.
         """
         events = list(self._events)
         if "status" in q:
@@ -1152,7 +1198,10 @@ class XMattersSimulator(SimServer):
                     events = []
         if "requestId" in q:
             events = [e for e in events if e.request_id == q["requestId"]]
-        for matcher in _property_matchers(q):
+        names = _csv(q["propertyName"]) if "propertyName" in q else []
+        for name, matcher in zip(names, _property_matchers(q), strict=False):
+            if not _name_known(name, self.property_filter):
+                events = []
             events = [e for e in events if matcher(e)]
         if "from" in q:
             start = _parse_time("from", q["from"])
@@ -1320,7 +1369,7 @@ class XMattersSimulator(SimServer):
         with self.lock:
             self._run_due_flows()
             return [
-                self._event_json(e)
+                self._event_json(e, as_served=False)
                 for e in self._events
                 if (rec_id is None or e.prop("RecId") == rec_id)
                 and (status is None or e.status == status.upper())
@@ -1334,7 +1383,7 @@ class XMattersSimulator(SimServer):
     def event(self, event_id: str) -> dict[str, Any]:
         with self.lock:
             self._run_due_flows()
-            return self._event_json(self._control_event(event_id))
+            return self._event_json(self._control_event(event_id), as_served=False)
 
     def respond(
         self,
@@ -1371,7 +1420,7 @@ class XMattersSimulator(SimServer):
                 "response": option["text"],
                 "received": iso(self.clock.now()),
                 "source": source,
-                "option": copy.deepcopy(option),
+                **self._chosen_option(option),
                 "notification": self._notification_json(
                     event, note, self._device_recipient(who, device), note["deliveryStatus"]
                 ),
@@ -1454,7 +1503,7 @@ class XMattersSimulator(SimServer):
             self._run_due_flows()
             event = self._live_control_event(event_id)
             self._end(event, "EVENT_COMPLETED", at=self.clock.now(), by="completed")
-            return self._event_json(event)
+            return self._event_json(event, as_served=False)
 
     def expire(self, event_id: str) -> dict[str, Any]:
         """The event's ``expirationInMinutes`` ran out: TERMINATED, audited as the
@@ -1463,7 +1512,7 @@ class XMattersSimulator(SimServer):
             self._run_due_flows()
             event = self._live_control_event(event_id)
             self._end(event, self.expiry_audit, at=self.clock.now(), by="expiry")
-            return self._event_json(event)
+            return self._event_json(event, as_served=False)
 
     def set_flows(self, *, delay: float | None = None, fail_next: int | None = None) -> None:
         """Asynchronous flows: the workflow trigger answers 202 at once and its flow runs
@@ -1476,6 +1525,19 @@ class XMattersSimulator(SimServer):
                 if fail_next < 0:
                     raise ValueError("fail_next must be at least 0")
                 self._flows_failing = fail_next
+
+    @property
+    def flow_delay(self) -> float:
+        """Seconds of sim time between a workflow trigger's answer and its flow (0: none)."""
+        return self._flow_delay
+
+    def flows_due_in(self) -> float:
+        """Seconds of sim time until every pending asynchronous flow has run (0: none)."""
+        with self.lock:
+            self._run_due_flows()
+            if not self._pending_flows:
+                return 0.0
+            return max(0.0, (self._pending_flows[-1][0] - self.clock.now()).total_seconds())
 
     def _live_control_event(self, ref: str) -> _Event:
         event = self._control_event(ref)
@@ -1639,6 +1701,12 @@ def _check_options(options: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]
     return checked
 
 
+def _choice(name: str, value: str, allowed: Sequence[str]) -> str:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(allowed)}; not {value!r}")
+    return value
+
+
 def _check_delay(delay: float) -> float:
     if delay < 0:
         raise ValueError("flow_delay must be at least 0 seconds")
@@ -1710,6 +1778,12 @@ def _property_matchers(q: Mapping[str, str]) -> list[Any]:
             raise BadRequest(400, f"Invalid value for parameter 'propertyValueOperator': {op}")
         matchers.append(_property_matcher(name, value, op))
     return matchers
+
+
+def _name_known(name: str, reading: str) -> bool:
+    """Whether a ``propertyName`` spelling is one the tenant's filter understands."""
+    suffixed = "#" in name
+    return reading == "any" or suffixed == (reading == "suffixed")
 
 
 def _property_matcher(name: str, value: str, op: str) -> Any:

@@ -11,7 +11,7 @@ from daemon.simulators.harness import SimPair
 
 
 @pytest.fixture
-def live_sims() -> Iterator[SimPair]:
+def live_sims(sim_profile: str) -> Iterator[SimPair]:
     """Both simulators on a clock that follows real time (the daemon runs elsewhere)."""
-    with SimPair(clock=SimClock(frozen=False)) as pair:
+    with SimPair(clock=SimClock(frozen=False), profile=sim_profile) as pair:
         yield pair

@@ -194,6 +194,9 @@ def started(d: Daemon, db: StateDB) -> None:
 
 
 def trigger_log(sims: SimPair) -> list[tuple[str, str, str]]:
+    """Every trigger: (RecId, Type, outcome), once the asynchronous flows due have run
+    (the clock follows real time here, so this waits for them)."""
+    wait_until(lambda: sims.xmatters.flows_due_in() == 0, what="the flows to run")
     return [
         (str(t["payload"].get("RecId")), str(t["payload"].get("Type")), str(t["outcome"]))
         for t in sims.xmatters.triggers()

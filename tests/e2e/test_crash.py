@@ -117,7 +117,9 @@ def test_kill_in_the_middle_of_delivery(daemon: tuple[Daemon, StateDB], live_sim
     d.kill9()
     wait_until(lambda: len(trigger_log(live_sims)) == 2, what="xMatters to act on the second")
     states = [state for _, _, state in db.actions()]
-    assert states == ["done", "pending", "pending"]
+    # with asynchronous flows the first, accepted, still waited for its event
+    first = "pending" if live_sims.xmatters.flow_delay else "done"
+    assert states == [first, "pending", "pending"]
     d.start()
     quiesce(d, db, lambda: len(trigger_log(live_sims)) >= 3, "the third page")
     assert sorted(trigger_log(live_sims)) == sorted((r, "New Incident", "created") for r in recs)
@@ -149,7 +151,7 @@ def test_kill_after_ivanti_accepted_a_note(
     started(d, db)
     rec = live_sims.ivanti.create_incident(Priority="1", OwnerTeam=NET)["RecId"]
     wait_until(lambda: len(live_sims.xmatters.live_events(rec)) == 1, what="the event")
-    live_sims.ivanti.faults.inject("stall_after", IVANTI_RECORD, method="PUT", delay=10.0)
+    live_sims.ivanti.faults.inject("stall_after", IVANTI_RECORD, method="PATCH|PUT", delay=10.0)
     (event,) = live_sims.xmatters.live_events(rec)
     live_sims.xmatters.respond(event["id"], person="bwong", response="Escalate", comment="1")
     wait_until(lambda: len(live_sims.ivanti.notes(rec)) == 1, what="Ivanti to take the note")
@@ -172,6 +174,7 @@ def test_sigterm_finishes_the_step_and_exits_0(
     wait_until(lambda: hold.hits >= 1, what="the held trigger")
     assert d.terminate() == 0, d.log()
     assert db.unfinished_attempts() == 0
-    assert db.actions() == [(rec, "page", "done")]
+    # accepted; with an asynchronous flow its event was not seen before the stop
+    assert db.actions() == [(rec, "page", "pending" if live_sims.xmatters.flow_delay else "done")]
     assert trigger_log(live_sims) == [(rec, "New Incident", "created")]
     assert "stopped" in d.log()

@@ -151,6 +151,7 @@ def test_once_dry_run_leaves_an_existing_state_db_as_it_was(
     assert digest(db) == before and beside(db) == files  # no -shm left beside it either
     assert sims.xmatters.triggers() == []
     assert main([*ENV_FILE, "once"]) == 0  # the real run still sees the change
+    sims.settle()
     assert len(sims.xmatters.live_events(inc["RecId"])) == 1
 
 

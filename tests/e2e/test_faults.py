@@ -46,7 +46,9 @@ def started(make_service: MakeService, sims: SimPair, **env: str) -> Service:
 
 
 def trigger_log(sims: SimPair) -> list[tuple[str, str, str]]:
-    """Every trigger xMatters received: (RecId, Type, outcome), in arrival order."""
+    """Every trigger xMatters received: (RecId, Type, outcome), in arrival order, once
+    their flows have had time to run (``settle``: flows may be asynchronous)."""
+    sims.settle()
     out = []
     for t in sims.xmatters.triggers():
         props = t["payload"].get("properties", t["payload"])
@@ -64,6 +66,7 @@ def settle(svc: Service, sims: SimPair, *, step: float = 61, rounds: int = 30) -
     for _ in range(rounds):
         svc.cycle()
         if not pending(svc):
+            sims.settle()  # the flows of the last triggers have run
             return
         sims.clock.advance(step)
     raise AssertionError(f"outbox never drained: {[(a.kind, a.outcome) for a in pending(svc)]}")
@@ -491,7 +494,7 @@ def test_assignment_in_flight_is_not_read_back_as_a_change(
     svc = started(make_service, sims)
     rec = sims.ivanti.create_incident(Priority="1", OwnerTeam=NET, Category="Network")["RecId"]
     settle(svc, sims)
-    sims.ivanti.faults.inject("drop_before", IVANTI_RECORD, method="PUT", times=2)
+    sims.ivanti.faults.inject("drop_before", IVANTI_RECORD, method="PATCH|PUT", times=2)
     respond(sims, rec, "jsmith", "Assign to me")
     sims.clock.advance(30)
     settle(svc, sims, step=20)
@@ -512,7 +515,7 @@ def test_ivanti_refusing_a_note_dead_letters_it(sims: SimPair, make_service: Mak
     svc = started(make_service, sims)
     rec = sims.ivanti.create_incident(Priority="1", OwnerTeam=NET)["RecId"]
     settle(svc, sims)
-    sims.ivanti.faults.inject("status", IVANTI_RECORD, method="PUT", status=400)
+    sims.ivanti.faults.inject("status", IVANTI_RECORD, method="PATCH|PUT", status=400)
     respond(sims, rec, "bwong", "Escalate")
     sims.clock.advance(30)
     svc.cycle()
@@ -543,7 +546,7 @@ def test_note_write_faults_write_each_note_exactly_once(
     settle(svc, sims)
     expected: list[str] = []
     for name, fault in WRITE_FAULTS:
-        inject(sims.ivanti, fault, IVANTI_RECORD, method="PUT")
+        inject(sims.ivanti, fault, IVANTI_RECORD, method="PATCH|PUT")
         respond(sims, rec, "bwong", "Escalate", comment=f"fault {name}")
         sims.clock.advance(30)
         settle(svc, sims)

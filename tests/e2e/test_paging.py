@@ -45,8 +45,8 @@ READINGS: dict[str, dict[str, Any]] = {
 
 
 @pytest.fixture(params=list(READINGS))
-def sims(clock: SimClock, request: pytest.FixtureRequest) -> Iterator[SimPair]:
-    with SimPair(clock=clock, ivanti_kwargs=READINGS[request.param]) as pair:
+def sims(clock: SimClock, request: pytest.FixtureRequest, sim_profile: str) -> Iterator[SimPair]:
+    with SimPair(clock=clock, ivanti_kwargs=READINGS[request.param], profile=sim_profile) as pair:
         yield pair
 
 
@@ -323,6 +323,7 @@ def test_reconcile_sweep_finds_deletions_on_every_page(
         for i in range(35)
     ]
     svc.cycle()
+    sims.settle()
     assert len([t for t in sims.xmatters.triggers() if t["outcome"] == "created"]) == 7
     sims.clock.advance(30)
     gone = [recs[0], recs[20], recs[34]]  # first page, third page, last page

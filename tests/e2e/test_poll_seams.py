@@ -47,10 +47,11 @@ def test_same_second_save_while_an_assignment_is_pending(
     svc.poll_job()
     svc.deliver_job()
     assert trigger_log(sims) == [(rec, "Priority Upgrade", "created")]
+    svc.deliver_job()  # the daemon sees its page's event (the flow may run after the 202)
     respond(sims, rec, "jsmith", "Assign to me")
     svc.writeback_job()  # queues the note with Owner=jsmith, Status=Active
     if assignment == "outcome-unknown":
-        sims.ivanti.faults.inject("drop_before", IVANTI_RECORD, method="PUT")
+        sims.ivanti.faults.inject("drop_before", IVANTI_RECORD, method="PATCH|PUT")
         svc.deliver_job()  # sent; no answer: recorded on the snapshot, outcome unknown
         with svc.store.unit() as u:
             assert u.outbox_for(rec)[-1].outcome == "unknown"
@@ -181,6 +182,7 @@ def test_a_poll_and_its_page_go_out_between_the_pages_of_a_reconcile(
         worker = threading.Thread(target=svc.scheduled_poll, daemon=True)
         worker.start()
         worker.join(timeout=15)
+        sims.settle()
         paged_during.append(len(sims.xmatters.live_events(new)) == 1)
 
     svc.poller.on_progress = between_pages

@@ -45,9 +45,10 @@ class _Remembering(dict):  # type: ignore[type-arg]
 
 
 @pytest.fixture
-def secret_sims() -> Iterator[SimPair]:
+def secret_sims(sim_profile: str) -> Iterator[SimPair]:
     pair = SimPair(
         clock=SimClock(START, frozen=True),
+        profile=sim_profile,
         ivanti_kwargs={
             "users": {"xmapi": (IVANTI_PASSWORD, {"Admin"})},
             "api_keys": {IVANTI_API_KEY: "xmapi"},

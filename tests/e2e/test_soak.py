@@ -65,12 +65,12 @@ FAULTS: list[tuple[str, str, str | None, dict[str, Any]]] = [
     ("ivanti", IVANTI_QUERY, "GET", {"kind": "status", "status": 429}),
     ("ivanti", IVANTI_QUERY, "GET", {"kind": "drop_after"}),
     ("ivanti", IVANTI_QUERY, "GET", {"kind": "malformed"}),
-    ("ivanti", IVANTI_RECORD, "PUT", {"kind": "status", "status": 503}),
-    ("ivanti", IVANTI_RECORD, "PUT", {"kind": "drop_after"}),
+    ("ivanti", IVANTI_RECORD, "PATCH|PUT", {"kind": "status", "status": 503}),
+    ("ivanti", IVANTI_RECORD, "PATCH|PUT", {"kind": "drop_after"}),
     # the seams: a slow trigger (xMatters counts it late), auth blips on either API
     ("xmatters", TRIGGERS, None, {"kind": "latency", "delay": 1.0}),
     ("xmatters", TRIGGERS, None, {"kind": "status", "status": 401}),
-    ("ivanti", IVANTI_RECORD, "PUT", {"kind": "status", "status": 401}),
+    ("ivanti", IVANTI_RECORD, "PATCH|PUT", {"kind": "status", "status": 401}),
 ]
 
 

@@ -35,10 +35,10 @@ UPDATE_ROUTE = r"/businessobject/incidents\("
 
 
 @pytest.fixture
-def sims(clock: SimClock, request: pytest.FixtureRequest) -> Iterator[SimPair]:
+def sims(clock: SimClock, request: pytest.FixtureRequest, sim_profile: str) -> Iterator[SimPair]:
     """Both simulators; indirect parametrisation passes extra Ivanti simulator arguments."""
     ivanti_kwargs: dict[str, Any] | None = getattr(request, "param", None)
-    with SimPair(clock=clock, ivanti_kwargs=ivanti_kwargs) as pair:
+    with SimPair(clock=clock, ivanti_kwargs=ivanti_kwargs, profile=sim_profile) as pair:
         yield pair
 
 
@@ -70,6 +70,8 @@ def paged(svc: Service, sims: SimPair, **fields: Any) -> tuple[str, str]:
     fields.setdefault("OwnerTeam", NET)
     rec = str(sims.ivanti.create_incident(**fields)["RecId"])
     cycle(svc, sims)
+    sims.settle()  # an asynchronous flow has run: the daemon learns its event, as it soon would
+    svc.deliver_job()
     events = sims.xmatters.live_events(rec)
     assert len(events) == 1, events
     return rec, str(events[0]["id"])
@@ -362,6 +364,7 @@ def _respond_then_resolve(svc: Service, sims: SimPair, rec: str, ev: str) -> Non
     sims.ivanti.edit_incident(rec, Status="Resolved")
     svc.poll_job()
     svc.deliver_job()
+    sims.settle()
     assert sims.xmatters.live_events(rec) == []
     with svc.store.unit() as u:
         assert [e.status for e in u.events_for(rec)] == ["TERMINATED"]
@@ -490,7 +493,7 @@ def test_record_read_again_while_its_note_waits_is_not_queued_twice(
     """Ivanti is down for a while: the response is read every cycle but queued once."""
     svc = started(make_service, sims)
     rec, ev = paged(svc, sims)
-    sims.ivanti.faults.inject("status", UPDATE_ROUTE, status=503, method="PUT", times=0)
+    sims.ivanti.faults.inject("status", UPDATE_ROUTE, status=503, method="PATCH|PUT", times=0)
     sims.xmatters.respond(ev, person="bwong", response="Escalate", device="Work Email")
     polls = audit_polls(sims, ev)
     cycle(svc, sims, times=6, seconds=5)
@@ -530,7 +533,7 @@ def test_dropped_answer_after_ivanti_wrote_the_note(
 ) -> None:
     svc = started(make_service, sims)
     rec, ev = paged(svc, sims, Category="Network")
-    sims.ivanti.faults.inject("drop_after", UPDATE_ROUTE, method="PUT")
+    sims.ivanti.faults.inject("drop_after", UPDATE_ROUTE, method="PATCH|PUT")
     sims.xmatters.respond(ev, person="jsmith", response="Assign to me")
     cycle(svc, sims)
     note = f"{JANE} responded [ Assign to me ]"
@@ -555,7 +558,7 @@ def test_dropped_answer_after_ivanti_wrote_the_note(
 def test_client_timeout_while_ivanti_writes(sims: SimPair, make_service: MakeService) -> None:
     svc = started(make_service, sims, IVANTI_TIMEOUT="0.5")
     rec, ev = paged(svc, sims)
-    sims.ivanti.faults.inject("stall_after", UPDATE_ROUTE, method="PUT", delay=1.5)
+    sims.ivanti.faults.inject("stall_after", UPDATE_ROUTE, method="PATCH|PUT", delay=1.5)
     sims.xmatters.comment(ev, person="apatel", text="slow ivanti")
     cycle(svc, sims)
     note = "[xMatters] Asha Patel commented [ slow ivanti ]"
@@ -619,7 +622,7 @@ def test_lost_answer_then_a_second_identical_note_is_still_written(
     rec, ev = paged(svc, sims)
     sims.xmatters.comment(ev, person="apatel", text="same text")
     cycle(svc, sims)
-    sims.ivanti.faults.inject("drop_before", UPDATE_ROUTE, method="PUT")
+    sims.ivanti.faults.inject("drop_before", UPDATE_ROUTE, method="PATCH|PUT")
     sims.xmatters.comment(ev, person="apatel", text="same text")
     cycle(svc, sims)
     note = "[xMatters] Asha Patel commented [ same text ]"
@@ -635,7 +638,7 @@ def test_lost_answer_assignment_is_explained_as_own_write(
 ) -> None:
     svc = started(make_service, sims)
     rec, ev = paged(svc, sims, Category="Network")
-    sims.ivanti.faults.inject("drop_after", UPDATE_ROUTE, method="PUT")
+    sims.ivanti.faults.inject("drop_after", UPDATE_ROUTE, method="PATCH|PUT")
     sims.xmatters.respond(ev, person="jsmith", response="Assign to me")
     cycle(svc, sims)
     for _ in range(3):

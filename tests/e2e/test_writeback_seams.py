@@ -203,6 +203,7 @@ def test_late_assign_to_me_after_a_page_to_another_team_writes_the_note_alone(
     sims.ivanti.edit_incident(rec, OwnerTeam="Database Team")
     svc.poll_job()
     svc.deliver_job()  # Reassigned: the workflow supersedes the first event
+    sims.settle()
     [second] = sims.xmatters.live_events(rec)
     cycle(svc, sims, times=2)
     why = _not_applied(f"event {number} was superseded by a newer page")
@@ -220,6 +221,10 @@ def test_late_assign_to_me_after_a_page_to_another_team_writes_the_note_alone(
 
 
 def _workflow_writes_back(sims: SimPair) -> None:
+    # The original workflow writes with partial PUTs, so a tenant where it still writes back
+    # is one where a PUT merges (under the strict profile's PUT-as-replace it would empty
+    # the incident's Category, and a site would have noticed).
+    sims.ivanti.put_semantics = "merge"
     user, (password, _roles) = next(iter(sims.ivanti.users.items()))
     sims.xmatters.set_workflow_writeback(
         sims.ivanti.url, tenant=sims.ivanti.tenant, username=user, password=password

@@ -116,7 +116,7 @@ def test_login_returns_session_key_as_json_string(sim: IvantiSimulator) -> None:
     resp = login(sim)
     assert resp.status_code == 200
     assert resp.text.startswith('"') and resp.text.endswith('"')
-    assert re.fullmatch(r"sim\.ivanti\.local#[A-Z0-9]{32}#1", resp.json())
+    assert re.fullmatch(r"127\.0\.0\.1#[A-Z0-9]{32}#1", resp.json())
 
 
 def test_login_accepts_tenant_url_as_well_as_host(sim: IvantiSimulator) -> None:

@@ -104,7 +104,8 @@ def test_minimal_environment_gives_documented_defaults(in_tmp_dir: Path) -> None
     xm = s.xmatters
     assert xm.trigger_url == TRIGGER and xm.form_trigger_url == TRIGGER
     assert (xm.base_url, xm.auth, xm.username, xm.password) == (None, "none", None, None)
-    assert (xm.mode, xm.notes_prefix, xm.recid_property) == ("workflow", "[xMatters]", "RecId#en")
+    assert (xm.mode, xm.notes_prefix) == ("workflow", "[xMatters]")
+    assert xm.recid_properties == ("RecId#en", "RecId")
     assert (xm.event_priority, xm.timeout, xm.rate_limit_per_s, xm.flood_limit_per_min) == (
         "MEDIUM",
         30.0,
@@ -210,11 +211,11 @@ def test_every_variable_happy_path(tmp_path: Path) -> None:
     assert xm.trigger_url == "https://acme.xmatters.com/api/integration/1/functions/step00/triggers"
     assert xm.form_trigger_url.endswith("/functions/s1/triggers")
     assert (xm.auth, xm.username, xm.password) == ("apikey", "key-id", "key-secret")
-    assert (xm.mode, xm.event_priority, xm.notes_prefix, xm.recid_property) == (
+    assert (xm.mode, xm.event_priority, xm.notes_prefix, xm.recid_properties) == (
         "direct",
         "HIGH",
         "[xM]",
-        "RecId",
+        ("RecId",),
     )
     assert xm.user_response_options == (UUID_A,)
     assert xm.group_response_options == (UUID_B, UUID_C)

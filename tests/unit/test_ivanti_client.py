@@ -667,8 +667,8 @@ def test_update_sends_partial_body_and_returns_entity() -> None:
 
     client = api_key_client(handler, "k" * 32)
     assert client.update_incident(REC, {"NewNotes": "ack by jsmith"}) == entity
-    assert client.update_incident(REC, {"Owner": "jsmith"}, method="patch") == entity
-    assert [r.method for r in seen] == ["PUT", "PATCH"]
+    assert client.update_incident(REC, {"Owner": "jsmith"}, method="put") == entity
+    assert [r.method for r in seen] == ["PATCH", "PUT"]
     assert seen[0].url.path == f"/api/odata/businessobject/incidents('{REC}')"
     assert json.loads(seen[0].content) == {"NewNotes": "ack by jsmith"}
     assert client.stats["update"] == 2
@@ -845,3 +845,24 @@ def test_a_refused_login_backs_off_instead_of_trying_every_call(fake: FakeIvanti
     client.query_incidents(None, "LastModDateTime asc")
     assert len(fake.of("/authentication/login")) == 3
     client.close()
+
+
+def test_updates_are_patch_by_default_and_fall_back_to_put_once_on_405(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    seen: list[str] = []
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        seen.append(req.method)
+        if req.method == "PATCH":
+            return ivanti_error(405, "ISM_4005", "The requested resource does not support PATCH")
+        return httpx.Response(200, json={"@odata.context": "x/$entity", "RecId": REC})
+
+    client = api_key_client(handler, "k" * 32)
+    assert client.update_incident(REC, {"NewNotes": "a"})["RecId"] == REC
+    assert client.update_incident(REC, {"NewNotes": "b"})["RecId"] == REC
+    assert seen == ["PATCH", "PUT", "PUT"]
+    assert [r.message for r in caplog.records if "405" in r.message] != []
+    assert IvantiClient(BASE, api_key="k" * 32, update_method="put").update_method == "PUT"
+    with pytest.raises(ValueError, match="PUT or PATCH"):
+        IvantiClient(BASE, api_key="k" * 32, update_method="POST")
