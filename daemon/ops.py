@@ -201,6 +201,18 @@ def _state_time(state: Mapping[str, tuple[str, datetime]], name: str) -> datetim
         return None
 
 
+def _settled_at(state: Mapping[str, tuple[str, datetime]]) -> datetime | None:
+    """Where the poll's settle read has got to (rows before it were read once more after
+    their overlap): ``at`` of the ``settle`` state."""
+    entry = state.get("settle")
+    if entry is None:
+        return None
+    try:
+        return parse_utc(str(json.loads(entry[0])["at"]))
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 def cycle_dict(c: Cycle) -> dict[str, Any]:
     duration = (c.finished_at - c.started_at).total_seconds() if c.finished_at else None
     return {
@@ -287,6 +299,8 @@ def gather_status(
         "deadman_s": deadman,
         "watermark": iso(watermark),
         "lag_s": _age_s(watermark, now),
+        "settled": iso(_settled_at(state)),
+        "settle_lag_s": _age_s(_settled_at(state), now),
         "baseline_done": iso(_state_time(state, "baseline_done")),
         "last_reconcile": iso(_state_time(state, "last_reconcile")),
         "cycles": [cycle_dict(c) for c in u.last_cycles(limit=cycles)],
@@ -360,6 +374,13 @@ def render_status(d: Mapping[str, Any], now: datetime) -> str:
                 ("state DB", f"{schema.get('url', '')}{schema_note}".strip()),
                 ("last good poll", poll_line),
                 ("watermark", wm_line),
+                (
+                    "settled up to",
+                    f"{d['settled']}  lag {span(d['settle_lag_s'] or 0)} (late commits "
+                    "are read up to here; normally IXM_OVERLAP + 2 polls)"
+                    if d.get("settled")
+                    else "-",
+                ),
                 ("baseline", d["baseline_done"] or "not taken yet"),
                 ("last reconcile", d["last_reconcile"] or "never"),
                 (

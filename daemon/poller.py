@@ -121,6 +121,7 @@ class PollResult:
     watermark_before: datetime | None = None
     watermark_after: datetime | None = None
     settle_after: str | None = None  # the SETTLE state a poll or baseline leaves
+    reconciled_from: datetime | None = None  # a reconcile's first page's server date
     baseline: bool = False
 
     def summary(self) -> dict[str, Any]:
@@ -492,6 +493,7 @@ class Poller:
                 result.settle_after = Settle(mark, None, mark).dumps()
             else:
                 result.watermark_after = result.watermark_before
+                result.reconciled_from = first_date
             with self.step_lock:
                 self._finish_cycle(result, dry_run, ok=True)
         except Exception as exc:
@@ -999,6 +1001,21 @@ class Poller:
         }
 
     # ----- cycle bookkeeping ------------------------------------------------------------
+    def _settle_by_reconcile(self, u: Unit, started: datetime, now: datetime) -> None:
+        """A finished reconcile read every open incident in scope (and looked up each
+        followed one it did not find) after ``started``: a row committed up to the
+        overlap late and stamped before ``started - overlap`` was visible to it, so
+        the settle read need not go back behind that (under a load heavier than it
+        can settle beside the new rows, this is what bounds its lag)."""
+        raw = u.get_state(SETTLE)
+        cursor = u.get_state(WATERMARK)
+        if raw is None or cursor is None:
+            return
+        settle = Settle.loads(raw, parse_utc(cursor))
+        mark = min(_floor(started) - self.cfg.overlap, parse_utc(cursor))  # never past it
+        if settle.at < mark:
+            u.set_state(SETTLE, Settle(mark, None, settle.limit).dumps(), now)
+
     def _start_cycle(self, kind: str, watermark: str | None, dry_run: bool) -> int | None:
         if dry_run:
             return None
@@ -1028,6 +1045,8 @@ class Poller:
                     u.set_state(WATERMARK, iso_utc(result.watermark_after), now)
                 if result.settle_after is not None:
                     u.set_state(SETTLE, result.settle_after, now)
+                if result.kind == "reconcile" and result.reconciled_from is not None:
+                    self._settle_by_reconcile(u, result.reconciled_from, now)
                 if result.kind == "baseline":
                     u.set_state(BASELINE_DONE, iso_utc(now), now)
                     u.set_state(BASELINE_PROGRESS, "", now)

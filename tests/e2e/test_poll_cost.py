@@ -19,6 +19,7 @@ import pytest
 from daemon.service import Service
 from daemon.simulators.clock import SimClock
 from daemon.simulators.harness import SimPair
+from daemon.timeutil import parse_utc
 from tests.conftest import MakeService
 from tests.e2e.test_faults import change_counts, started, trigger_log
 from tests.e2e.test_paging import READINGS
@@ -216,3 +217,42 @@ def test_a_second_changing_between_pages_is_read_whole(
     assert counts[first_page[0]] == 2 and sum(counts.values()) == 251
     assert result.requests > bound(251)  # the drain's price, paid only when it happens
     assert trigger_log(sims) == [(first_page[0], "Priority Upgrade", "created")]
+
+
+def settled_at(svc: Service) -> Any:
+    from daemon.poller import SETTLE, Settle
+
+    with svc.store.unit() as u:
+        raw, cursor = u.get_state(SETTLE), u.get_state("watermark")
+    assert raw is not None and cursor is not None
+    return Settle.loads(raw, parse_utc(cursor)).at
+
+
+def test_under_sustained_load_the_reconcile_bounds_the_settle_lag(
+    sims: SimPair, make_service: MakeService
+) -> None:
+    """300 changes every cycle: the settle read (what fits beside each poll's new rows)
+    falls behind; a save committed late meanwhile is found by the reconcile sweep, which
+    reads every open incident, and the settle read then goes on from where the sweep
+    began, less the overlap."""
+    svc = started(make_service, sims)
+    tenant = sims.ivanti.bulk_create(1200, Priority="4", OwnerTeam=NET)
+    target = sims.ivanti.create_incident(Priority="4", OwnerTeam=DB)["RecId"]
+    sims.clock.advance(5)
+    poll(svc)
+    for c in range(10):
+        result = busy_cycle(sims, svc, tenant[(c % 4) * 300 : (c % 4 + 1) * 300], f"c{c}")
+        assert result.requests <= 1.25 * bound(300)
+    late_edit(sims, target, 50, Priority="1")
+    busy_cycle(sims, svc, tenant[0:300], "c10")
+    behind = sims.clock.now() - settled_at(svc)
+    assert behind > timedelta(seconds=60 + 2 * INTERVAL)  # more than when keeping up
+    assert trigger_log(sims) == []  # the late row is not read yet
+    began = sims.clock.now()
+    svc.reconcile_job()
+    svc.deliver_job()
+    assert trigger_log(sims) == [(target, "Priority Upgrade", "created")]
+    assert settled_at(svc) >= began - timedelta(seconds=60)
+    for c in range(11, 14):  # and polls go on from there, nothing doubled
+        busy_cycle(sims, svc, tenant[(c % 4) * 300 : (c % 4 + 1) * 300], f"c{c}")
+    assert trigger_log(sims) == [(target, "Priority Upgrade", "created")]
