@@ -1,35 +1,48 @@
 """Polling Ivanti: incremental keyset reads, the reconcile sweep, and the diff.
 
 Reading changes (``Poller.poll``)
-    ``LastModDateTime ge <watermark>`` ordered by ``LastModDateTime asc, RecId asc``,
-    ``$top`` = page size. After a full page the next query starts at the last
-    row's second (``ge``), re-reading that second's rows, which are skipped as
-    already seen (by RecId and LastModDateTime). When a whole page falls inside one
-    second (more than a page of incidents share a LastModDateTime), that second
-    is drained on its own, keyed by IncidentNumber (``ge S and lt S+1 and
-    IncidentNumber gt N``, ordered by IncidentNumber alone), before moving on past
-    it: no row is lost however many share a timestamp, and no query puts a
-    parenthesised group or an ``or`` anywhere but first, because Ivanti misreads
-    both (reference ivanti-api.md §2.3).
+    ``LastModDateTime ge <cursor>`` ordered by ``LastModDateTime asc, RecId asc``,
+    ``$top`` = page size. After a full page the next query goes on from the last
+    row's second with ``$skip`` = the rows of that second the page held less one, and
+    must start with the page's last row: positions inside one second are the server's
+    own order whatever it sorts by there (hidden sub-seconds, a uniqueidentifier
+    collation), so this reads one row twice a page, not the whole second. When that
+    check fails (a row of that second was saved again, or a late commit landed in it,
+    while paging), the second is drained on its own, keyed by IncidentNumber (``ge S
+    and lt S+1 and IncidentNumber gt N``, ordered by IncidentNumber alone), which
+    compares as it sorts under every reading. No query puts a parenthesised group or
+    an ``or`` anywhere but first, because Ivanti misreads both (ivanti-api.md §2.3).
+    ``IXM_PAGING=keyset`` takes the exact continuation ``(second, RecId) > (S, R)``
+    instead: it loses rows on a tenant that keeps sub-seconds or collates RecIds
+    otherwise than it compares them (``check`` probes both).
 
-    This path ("safe", the default) assumes nothing the reference leaves open: not
-    that Ivanti stores whole seconds (if it keeps sub-seconds but serves whole
-    seconds, rows of one served second come back in their hidden sub-second order),
-    and not that ``RecId gt`` compares in the collation ``$orderby`` sorts by. An
-    integer compares as it sorts under every reading. ``IXM_PAGING=keyset`` takes
-    the cheaper exact continuation ``(second, RecId) > (S, R)`` and drains a crowded
-    second by RecId: exactly ceil(changes / page size) + 1 requests, but it loses
-    rows on a tenant where either assumption is false.
+The cursor and the settle read (issue 12)
+    The cursor (state ``watermark``) moves past what was read: to the second after the
+    newest row when the last page was served in a later second (a row of that second
+    not seen by then was committed late), else to that second, read again next cycle
+    (unless it holds more than a quarter page: then past it too). It comes from server
+    values only, with one exception: when the server's Date shows its clock went back
+    (behind the last read's), the poll re-reads from the server's time less the
+    overlap and the cursor follows it back, because every change saved since carries
+    a LastModDateTime behind the old cursor.
 
-The watermark
-    comes from server values only: after a cycle it is
-    ``min(newest LastModDateTime seen, server Date of the first page - overlap)``,
-    never moving backwards, with one exception: when the server's Date shows its
-    clock went back behind the watermark, the poll re-reads from the server's time
-    and the watermark follows it back, because every change saved since carries a
-    LastModDateTime behind the old watermark. So each cycle re-reads the last
-    ``overlap`` seconds, catching rows committed late with an older
-    LastModDateTime; the re-read rows cost requests but never transitions.
+    Rows committed late (saved with a LastModDateTime up to ``IXM_OVERLAP`` behind
+    what was already read past) are caught by reading what was read once more after
+    its overlap has passed: the state ``settle`` (``Settle``) says up to where that is
+    done. Each poll settles a slice sized by the versions already stored in it so that
+    it fits beside the poll's new rows in the last page (``plan_slice``: at most half a
+    page, a crowded second in parts by IncidentNumber): when little was read since the
+    settled mark the poll simply reads from there (one range); otherwise the slice
+    joins the poll's query as one leading OR-group, ``(slice or LastModDateTime ge
+    cursor) and scope`` (a scope with ``or`` or parentheses cannot follow a group:
+    then the slice is a query of its own). So an idle poll costs one request, also
+    right after a mass update, and a busy one the lower bound ceil(changes / page) + 1
+    but for a page edge now and then. A row committed up to the overlap late is seen
+    by the second poll after ``overlap + interval`` past its LastModDateTime while the
+    tenant changes fewer rows than fit (about half a page a poll beyond its own); under
+    a heavier load the settle read falls behind (``status`` shows it) and a finished
+    reconcile sweep, which read every open incident, moves it up to where the sweep
+    began less the overlap.
 
 Which rows are new
     A row counts as seen when both its LastModDateTime and its content match the
