@@ -167,7 +167,8 @@ def run_late(args: argparse.Namespace, n: int) -> None:
     try:
         for c in range(2):
             case.cycle(edits_for(case, "consecutive", n, rnd, c))
-        late = case.recs[-1]
+        # an incident the cycles' own edits never touch
+        late = case.sims.ivanti.create_incident(OwnerTeam=TEAMS[1])["RecId"]
         edits = edits_for(case, "consecutive", n, rnd, 2)
 
         stamp: list[datetime] = []
