@@ -20,12 +20,12 @@ How it measures (also printed above the table):
   that moves in step, so both sides agree on "now". A cycle's edits are spread over
   ``EDIT_SPAN_S`` simulated seconds (the default poll interval); each sets a new
   Subject, so it pages nobody and is a change to detect and commit.
-* Steady state: the daemon re-reads ``IXM_OVERLAP`` (60 s) behind its watermark each
-  cycle. The main figures advance the clock by more than the overlap between the
-  edits and the poll, so a cycle reads its own changes and not its predecessors'.
-  The "ovl" column repeats the measurement without that advance (polls every
-  ``EDIT_SPAN_S``): then each cycle also re-reads the previous cycles' changes
-  (deduplicated, never re-paged).
+* Steady state, at default settings: a poll every ``EDIT_SPAN_S`` (the default
+  interval), nothing moved past ``IXM_OVERLAP``, so each poll also reads earlier
+  cycles' changes once more after their overlap (the settle read, deduplicated, never
+  re-paged). The "adv" column repeats the measurement with the clock moved past the
+  overlap before each poll, as the figures before issue 12 were taken. Target: at most
+  1.25 x the lower bound ceil(changes / 100) + 1 every cycle.
 * Live events are made by raising incidents to Priority 1 and letting the daemon
   page them; once every event has been polled three times the clock moves past the
   write-back busy window, so the cycles measure quiet events, read every
@@ -79,6 +79,7 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_JSON = REPO / "benchmarks" / "results" / "latest.json"
 START = datetime(2026, 11, 27, 10, 0, 0, tzinfo=UTC)
 EDIT_SPAN_S = 30.0  # simulated seconds a cycle's edits are spread over (default poll interval)
+BOUND_SLACK = 1.25  # issue 12: a busy cycle costs at most 1.25 x the lower bound
 OVERLAP_S = 60.0  # IXM_OVERLAP, set explicitly so the steady-state advance below is right
 BUSY_WINDOW_S = 15 * 60  # WritebackConfig.busy_window: events this fresh are read every cycle
 DEFAULT_XM_RATE = 4.0  # XMATTERS_RATE_LIMIT default, for the "at the default rate" figure
@@ -621,10 +622,14 @@ class DaemonRun:
     def measure(self) -> Sample:
         return _measured(self.tenant, self._cycle)
 
-    def steady(self, changes: int, *, settle: bool = True) -> Sample:
+    def steady(self, changes: int, *, past_overlap: bool = False) -> Sample:
+        """A cycle at default settings: the edits spread over one poll interval, then
+        the poll (which also reads the earlier cycles' changes once more, after their
+        overlap). ``past_overlap`` moves the clock past the overlap first, as the
+        figures before issue 12 did."""
         ids, fields = self.editor.next(changes)
         self.tenant.edit(ids, EDIT_SPAN_S, fields)
-        if settle:
+        if past_overlap:
             self.tenant.advance(OVERLAP_S + 1)
         return self.measure()
 
@@ -659,7 +664,9 @@ class DaemonRun:
         out["db_bytes_per_cycle"] = grown / cycles
         out["db_bytes_per_1000_changes"] = grown / committed * 1000 if committed else None
         if overlap:
-            ovl = summarize([self.steady(changes, settle=False) for _ in range(self.opts.cycles)])
+            ovl = summarize(
+                [self.steady(changes, past_overlap=True) for _ in range(self.opts.cycles)]
+            )
             out["overlap"] = {
                 k: ovl[k] for k in ("ivanti_requests", "ivanti_requests_max", "ivanti_rows")
             }
@@ -1008,10 +1015,11 @@ def evaluate_targets(
         worst = row["ours"]["ivanti_requests_max"]
         targets.append(
             _target(
-                "Ivanti requests <= lower bound ceil(changes/100)+1 (every cycle)",
+                "Ivanti requests <= 1.25 x lower bound ceil(changes/100)+1, default "
+                "settings (every cycle)",
                 row,
-                f"{worst} <= {row['lower_bound']}",
-                worst <= row["lower_bound"],
+                f"{worst} <= {BOUND_SLACK * row['lower_bound']:g}",
+                worst <= BOUND_SLACK * row["lower_bound"],
             )
         )
     targets.append(_memory_target(opts, ours))
@@ -1098,7 +1106,8 @@ def _columns() -> list[Column]:
         return dict(r["naive"])
 
     def bound_ratio(r: dict[str, Any], s: dict[str, Any]) -> str:
-        ok = "PASS" if r["ours"]["ivanti_requests_max"] <= r["lower_bound"] else "MISS"
+        worst = r["ours"]["ivanti_requests_max"]
+        ok = "PASS" if worst <= BOUND_SLACK * r["lower_bound"] else "MISS"
         if r["events"] == 0 and r["changes"] == 0:
             ok = "PASS" if r["ours"]["ivanti_requests_max"] == 1 else "MISS"
         return f"{r['ours_over_bound']:.2f} {ok}"
@@ -1142,7 +1151,7 @@ def _columns() -> list[Column]:
         ("Ivanti req/cycle", "ours", 5, lambda r, s: _f(ours(r)["ivanti_requests"], 1)),
         ("", "bound", 5, lambda r, s: str(r["lower_bound"])),
         ("", "ratio", 9, bound_ratio),
-        ("", "ovl", 5, overlap),
+        ("", "adv", 5, overlap),
         ("", "naive", 7, naive_cell("ivanti_requests", digits=0)),
         ("", "n/o", 6, ratio("ivanti_requests")),
         ("xMatters req/cycle", "ours", 10, xm_ours),
@@ -1221,10 +1230,11 @@ def render_header(report: dict[str, Any]) -> str:
         "the worker's own.",
         f"  Steady state: a cycle's edits (Subject only: changes that page nobody) are "
         f"spread over {EDIT_SPAN_S:.0f} sim seconds, then the clock",
-        f"  moves {OVERLAP_S + 1:.0f} s (> IXM_OVERLAP={OVERLAP_S:.0f} s) before the poll, "
-        "so each cycle reads only its own changes. 'ovl' = the same",
-        f"  edits polled every {EDIT_SPAN_S:.0f} s without that move: each poll then also "
-        "re-reads the changes of the overlap window (deduplicated).",
+        f"  polls (default settings: every {EDIT_SPAN_S:.0f} s, IXM_OVERLAP={OVERLAP_S:.0f} s "
+        "not skipped), so a poll also settles earlier cycles' changes;",
+        f"  'adv' = the same edits with the clock moved {OVERLAP_S + 1:.0f} s past the "
+        "overlap before each poll (how figures were taken before issue 12). "
+        "Target: <= 1.25 x bound.",
         "  xMatters t/x/l/a = triggers/terminations/event look-ups/audit polls; quiet live "
         f"events are polled every {meta['quiet_poll_every']}th cycle. 's@4/s' = seconds",
         "  those requests take at the default XMATTERS_RATE_LIMIT of 4/s (this run used "

@@ -243,7 +243,7 @@ class XMattersSettings:
 @dataclass(frozen=True, slots=True)
 class PollSettings:
     interval: float = 30.0
-    overlap: float = 60.0  # re-read window behind the watermark (Ivanti saves lag 1-3 min)
+    overlap: float = 60.0  # how late a save may commit and be seen (the settle read)
     reconcile_interval: float = 3600.0  # 0 disables the full open-incident re-read
     page_size: int = 100  # Ivanti rejects $top > 100
     baseline_page_critical: bool = False

@@ -7,11 +7,13 @@ never collide on "Duplicated timeseries", and ``/metrics`` shows only this daemo
 What each series answers for the person on call:
 
 * ``ixm_poll_lag_seconds`` - how far behind Ivanti the daemon reads (now - watermark). The
-  watermark deliberately trails by ``IXM_OVERLAP``, so a healthy daemon sits at about
-  overlap + poll interval; a steadily growing value means polls are failing.
-* ``ixm_poll_lag_beyond_overlap_seconds`` - the same lag less ``IXM_OVERLAP``: about 0 to
-  one poll interval when healthy, whatever the overlap is set to, so a plain threshold
-  (say, 5 poll intervals) reads it right. Alert on this one.
+  watermark is the poll cursor: just past the newest row read while changes come in, and
+  ``IXM_OVERLAP`` behind the last poll when none do, so a healthy daemon sits between
+  about 0 and overlap + poll interval; a steadily growing value means polls are failing.
+  (How far late commits are read is the settle mark in ``status``.)
+* ``ixm_poll_lag_beyond_overlap_seconds`` - the same lag less ``IXM_OVERLAP`` (never below
+  0): about 0 to one poll interval when healthy, whatever the overlap is set to, so a plain
+  threshold (say, 5 poll intervals) reads it right. Alert on this one.
 * ``ixm_last_successful_poll_timestamp_seconds`` - for "no successful poll in N minutes"
   alerts that survive restarts of Prometheus (``time() - metric``).
 * ``ixm_cycle_duration_seconds{kind}`` - poll / baseline / reconcile durations.

@@ -253,6 +253,18 @@ def _state_time(state: Mapping[str, tuple[str, datetime]], name: str) -> datetim
         return None
 
 
+def _settled_at(state: Mapping[str, tuple[str, datetime]]) -> datetime | None:
+    """Where the poll's settle read has got to (rows before it were read once more after
+    their overlap): ``at`` of the ``settle`` state."""
+    entry = state.get("settle")
+    if entry is None:
+        return None
+    try:
+        return parse_utc(str(json.loads(entry[0])["at"]))
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 def cycle_dict(c: Cycle) -> dict[str, Any]:
     duration = (c.finished_at - c.started_at).total_seconds() if c.finished_at else None
     return {
@@ -318,8 +330,9 @@ def gather_status(
 ) -> dict[str, Any]:
     """Everything ``status`` shows, as JSON-ready values.
 
-    ``lag_s`` is now - watermark: the watermark trails by IXM_OVERLAP on purpose (each poll
-    re-reads that window for saves Ivanti commits late), so a healthy daemon shows about
+    ``lag_s`` is now - watermark: the watermark is just past the newest row read while
+    changes come in, and IXM_OVERLAP behind the last poll when none do (late commits are
+    caught by the settle read, ``settled``), so a healthy daemon shows between about 0 and
     overlap + one poll interval. ``lag_beyond_overlap_s`` takes the overlap off: about 0
     to one poll interval when healthy, growing when polls fail."""
     state = u.all_state()
@@ -351,6 +364,8 @@ def gather_status(
             if overlap is None or watermark is None
             else max(0.0, (_age_s(watermark, now) or 0.0) - overlap)
         ),
+        "settled": iso(_settled_at(state)),
+        "settle_lag_s": _age_s(_settled_at(state), now),
         "baseline_done": iso(_state_time(state, "baseline_done")),
         "last_reconcile": iso(_state_time(state, "last_reconcile")),
         "cycles": [cycle_dict(c) for c in u.last_cycles(limit=cycles)],
@@ -402,10 +417,12 @@ def render_status(d: Mapping[str, Any], now: datetime) -> str:
         "none (baseline not taken yet)" if wm is None else f"{iso(wm)}  lag {span(d['lag_s'] or 0)}"
     )
     if wm is not None and d.get("overlap_s") is not None:
-        # The cursor trails by the overlap on purpose: say so, and what is left of the lag.
+        # An idle cursor trails by the overlap on purpose: say so, and what is left of it.
+        beyond = d["lag_beyond_overlap_s"] or 0
         wm_line += (
-            f" = {span(d['overlap_s'])} IXM_OVERLAP (re-read on purpose)"
-            f" + {span(d['lag_beyond_overlap_s'] or 0)} behind"
+            f" (within IXM_OVERLAP={span(d['overlap_s'])}: on time)"
+            if beyond <= 0
+            else f" = {span(d['overlap_s'])} IXM_OVERLAP (kept on purpose) + {span(beyond)} behind"
         )
     ob = d["outbox"]
     outbox_line = ", ".join(f"{k} {v}" for k, v in ob.items())
@@ -430,6 +447,13 @@ def render_status(d: Mapping[str, Any], now: datetime) -> str:
                 ("state DB", f"{schema.get('url', '')}{schema_note}".strip()),
                 ("last good poll", poll_line),
                 ("watermark", wm_line),
+                (
+                    "settled up to",
+                    f"{d['settled']}  lag {span(d['settle_lag_s'] or 0)} (late commits "
+                    "are read up to here; normally IXM_OVERLAP + 2 polls)"
+                    if d.get("settled")
+                    else "-",
+                ),
                 ("baseline", d["baseline_done"] or "not taken yet"),
                 ("last reconcile", d["last_reconcile"] or "never"),
                 (

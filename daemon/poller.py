@@ -1,35 +1,48 @@
 """Polling Ivanti: incremental keyset reads, the reconcile sweep, and the diff.
 
 Reading changes (``Poller.poll``)
-    ``LastModDateTime ge <watermark>`` ordered by ``LastModDateTime asc, RecId asc``,
-    ``$top`` = page size. After a full page the next query starts at the last
-    row's second (``ge``), re-reading that second's rows, which are skipped as
-    already seen (by RecId and LastModDateTime). When a whole page falls inside one
-    second (more than a page of incidents share a LastModDateTime), that second
-    is drained on its own, keyed by IncidentNumber (``ge S and lt S+1 and
-    IncidentNumber gt N``, ordered by IncidentNumber alone), before moving on past
-    it: no row is lost however many share a timestamp, and no query puts a
-    parenthesised group or an ``or`` anywhere but first, because Ivanti misreads
-    both (reference ivanti-api.md §2.3).
+    ``LastModDateTime ge <cursor>`` ordered by ``LastModDateTime asc, RecId asc``,
+    ``$top`` = page size. After a full page the next query goes on from the last
+    row's second with ``$skip`` = the rows of that second the page held less one, and
+    must start with the page's last row: positions inside one second are the server's
+    own order whatever it sorts by there (hidden sub-seconds, a uniqueidentifier
+    collation), so this reads one row twice a page, not the whole second. When that
+    check fails (a row of that second was saved again, or a late commit landed in it,
+    while paging), the second is drained on its own, keyed by IncidentNumber (``ge S
+    and lt S+1 and IncidentNumber gt N``, ordered by IncidentNumber alone), which
+    compares as it sorts under every reading. No query puts a parenthesised group or
+    an ``or`` anywhere but first, because Ivanti misreads both (ivanti-api.md §2.3).
+    ``IXM_PAGING=keyset`` takes the exact continuation ``(second, RecId) > (S, R)``
+    instead: it loses rows on a tenant that keeps sub-seconds or collates RecIds
+    otherwise than it compares them (``check`` probes both).
 
-    This path ("safe", the default) assumes nothing the reference leaves open: not
-    that Ivanti stores whole seconds (if it keeps sub-seconds but serves whole
-    seconds, rows of one served second come back in their hidden sub-second order),
-    and not that ``RecId gt`` compares in the collation ``$orderby`` sorts by. An
-    integer compares as it sorts under every reading. ``IXM_PAGING=keyset`` takes
-    the cheaper exact continuation ``(second, RecId) > (S, R)`` and drains a crowded
-    second by RecId: exactly ceil(changes / page size) + 1 requests, but it loses
-    rows on a tenant where either assumption is false.
+The cursor and the settle read (issue 12)
+    The cursor (state ``watermark``) moves past what was read: to the second after the
+    newest row when the last page was served in a later second (a row of that second
+    not seen by then was committed late), else to that second, read again next cycle
+    (unless it holds more than a quarter page: then past it too). It comes from server
+    values only, with one exception: when the server's Date shows its clock went back
+    (behind the last read's), the poll re-reads from the server's time less the
+    overlap and the cursor follows it back, because every change saved since carries
+    a LastModDateTime behind the old cursor.
 
-The watermark
-    comes from server values only: after a cycle it is
-    ``min(newest LastModDateTime seen, server Date of the first page - overlap)``,
-    never moving backwards, with one exception: when the server's Date shows its
-    clock went back behind the watermark, the poll re-reads from the server's time
-    and the watermark follows it back, because every change saved since carries a
-    LastModDateTime behind the old watermark. So each cycle re-reads the last
-    ``overlap`` seconds, catching rows committed late with an older
-    LastModDateTime; the re-read rows cost requests but never transitions.
+    Rows committed late (saved with a LastModDateTime up to ``IXM_OVERLAP`` behind
+    what was already read past) are caught by reading what was read once more after
+    its overlap has passed: the state ``settle`` (``Settle``) says up to where that is
+    done. Each poll settles a slice sized by the versions already stored in it so that
+    it fits beside the poll's new rows in the last page (``plan_slice``: at most half a
+    page, a crowded second in parts by IncidentNumber): when little was read since the
+    settled mark the poll simply reads from there (one range); otherwise the slice
+    joins the poll's query as one leading OR-group, ``(slice or LastModDateTime ge
+    cursor) and scope`` (a scope with ``or`` or parentheses cannot follow a group:
+    then the slice is a query of its own). So an idle poll costs one request, also
+    right after a mass update, and a busy one the lower bound ceil(changes / page) + 1
+    but for a page edge now and then. A row committed up to the overlap late is seen
+    by the second poll after ``overlap + interval`` past its LastModDateTime while the
+    tenant changes fewer rows than fit (about half a page a poll beyond its own); under
+    a heavier load the settle read falls behind (``status`` shows it) and a finished
+    reconcile sweep, which read every open incident, moves it up to where the sweep
+    began less the overlap.
 
 Which rows are new
     A row counts as seen when both its LastModDateTime and its content match the
@@ -70,6 +83,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 from daemon.domain import ActionKind, PlannedAction, Policy, Snapshot, Transition, Verdict
@@ -89,6 +103,7 @@ WATERMARK = "watermark"
 BASELINE_DONE = "baseline_done"
 LAST_RECONCILE = "last_reconcile"
 BASELINE_PROGRESS = "baseline_progress"  # {"after": IncidentNumber, "started": iso} or ""
+SETTLE = "settle"  # {"at": iso, "after": IncidentNumber or null, "limit": iso}: see Settle
 ORDER_CHANGES = "LastModDateTime asc,RecId asc"
 
 
@@ -121,6 +136,8 @@ class PollResult:
     actions: list[PlannedAction] = field(default_factory=list)
     watermark_before: datetime | None = None
     watermark_after: datetime | None = None
+    settle_after: str | None = None  # the SETTLE state a poll or baseline leaves
+    reconciled_from: datetime | None = None  # a reconcile's first page's server date
     baseline: bool = False
 
     def summary(self) -> dict[str, Any]:
@@ -139,6 +156,127 @@ class PollResult:
 
 def _floor(dt: datetime) -> datetime:
     return dt.replace(microsecond=0)
+
+
+_SECOND = timedelta(seconds=1)
+
+
+@dataclass(frozen=True)
+class Settle:
+    """How much of what the poll read is final: every row modified before ``at`` (and,
+    of ``at``'s own second, those numbered up to ``after``) was read by a read made
+    after its overlap had passed, so a row committed up to ``overlap`` late is on
+    the record. ``limit`` is the last read's server time less the overlap: what the
+    next read, made later, makes final."""
+
+    at: datetime
+    after: int | None
+    limit: datetime
+
+    def dumps(self) -> str:
+        return json.dumps(
+            {"at": iso_utc(self.at), "after": self.after, "limit": iso_utc(self.limit)}
+        )
+
+    @staticmethod
+    def loads(raw: str | None, cursor: datetime) -> Settle:
+        """The stored state; without one (a state DB from before it), everything from
+        the cursor on is unsettled and nothing more is final yet."""
+        if raw:
+            try:
+                data = json.loads(raw)
+                after = data.get("after")
+                return Settle(
+                    parse_utc(str(data["at"])),
+                    int(after) if after is not None else None,
+                    parse_utc(str(data["limit"])),
+                )
+            except (ValueError, KeyError, TypeError, AttributeError):
+                log_event(log, logging.WARNING, "unreadable settle state; settling from the cursor")
+        return Settle(_floor(cursor), None, _floor(cursor))
+
+
+@dataclass(frozen=True)
+class Slice:
+    """Part of what was read before, read once more now that its overlap has passed:
+    the whole seconds [lo, hi), or (``partial``) of the one second ``lo`` the rows
+    numbered in (after, upto] (None: unbounded), for a second holding more rows than
+    a page."""
+
+    lo: datetime
+    hi: datetime
+    after: int | None = None
+    upto: int | None = None
+    partial: bool = False
+
+    def expr(self, second: datetime) -> str | None:
+        """The slice's rows from ``second`` on, as a filter (None: none left)."""
+        if self.partial:
+            if second > self.lo:
+                return None
+            out = (
+                f"LastModDateTime ge {odata_datetime_literal(self.lo)} and LastModDateTime lt "
+                f"{odata_datetime_literal(self.lo + _SECOND)}"
+            )
+            if self.after is not None:
+                out += f" and IncidentNumber gt {self.after}"
+            if self.upto is not None:
+                out += f" and IncidentNumber le {self.upto}"
+            return out
+        start = max(second, self.lo)
+        if start >= self.hi:
+            return None
+        return (
+            f"LastModDateTime ge {odata_datetime_literal(start)} and LastModDateTime lt "
+            f"{odata_datetime_literal(self.hi)}"
+        )
+
+    def end(self) -> tuple[datetime, int | None]:
+        """The settled mark once the slice is read."""
+        if not self.partial:
+            return self.hi, None
+        if self.upto is not None:
+            return self.lo, self.upto
+        return self.lo + _SECOND, None
+
+
+def plan_slice(
+    at: datetime,
+    after: int | None,
+    hi: datetime,
+    known: Sequence[tuple[datetime, int]],
+    budget: int,
+) -> Slice | None:
+    """The next slice to settle from ``at`` (``after``), up to ``hi``, holding at most
+    ``budget`` of the versions already read (``known``: their LastModDateTime and
+    IncidentNumber from ``at`` on, in that order, at least ``budget + 1`` of them when
+    there are that many). A page holds ``budget + 1`` rows, so reading the slice
+    together with the cursor's new rows costs no request beyond the lower bound.
+    A second with more known rows than that is taken in parts by IncidentNumber,
+    which compares as it sorts under every reading of the feed. None: nothing to do."""
+    if hi <= at:
+        return None
+    if after is not None:  # finish ``at``'s second first
+        numbers = [n for m, n in known if _floor(m) == at]
+        upto = numbers[budget - 1] if len(numbers) > budget else None
+        return Slice(at, at + _SECOND, after, upto, partial=True)
+    if len(known) <= budget:
+        return Slice(at, hi)
+    over = _floor(known[budget][0])
+    if over > at:
+        return Slice(at, over)
+    return Slice(at, at + _SECOND, None, known[budget - 1][1], partial=True)
+
+
+@dataclass
+class _Read:
+    """What one cycle's reads saw: the newest LastModDateTime, the first and last
+    pages' server dates."""
+
+    newest: datetime | None = None
+    at_newest: int = 0  # rows read in the newest one's second
+    first_date: datetime | None = None
+    last_date: datetime | None = None
 
 
 class Poller:
@@ -171,50 +309,140 @@ class Poller:
         return self.reconcile(dry_run=dry_run, baseline=True)
 
     def _poll_from(self, raw_wm: str, dry_run: bool) -> PollResult:
-        watermark = parse_utc(raw_wm)
-        result = PollResult(kind="poll", watermark_before=watermark)
+        fresh = parse_utc(raw_wm)
+        with self.store.unit() as u:
+            settle = Settle.loads(u.get_state(SETTLE), fresh)
+        result = PollResult(kind="poll", watermark_before=fresh)
         cycle_id = self._start_cycle("poll", raw_wm, dry_run)
         result.cycle_id = cycle_id
         try:
-            newest, first_date = self._read_and_commit(watermark, result, dry_run)
-            lower = watermark
-            if first_date is not None and _floor(first_date) - self.cfg.overlap < watermark:
+            read = _Read()
+            settle_next = self._read_planned(fresh, settle, result, read, dry_run)
+            base = fresh
+            if read.first_date is not None and _floor(read.first_date) - self.cfg.overlap < (
+                settle.limit
+            ):
                 # Ivanti's clock went back: changes saved since carry LastModDateTimes
-                # behind the watermark, and the read just made cannot see them. Read
+                # behind the cursor, and the read just made cannot see them. Read
                 # again from the server's own time (rows seen already are skipped).
-                lower = _floor(first_date) - self.cfg.overlap
+                base = _floor(read.first_date) - self.cfg.overlap
                 log_event(
                     log,
                     logging.WARNING,
                     "Ivanti's clock is behind the poll cursor (set back?); re-reading from "
                     "its current time",
-                    watermark=iso_utc(watermark),
-                    server_date=iso_utc(first_date),
+                    watermark=iso_utc(fresh),
+                    server_date=iso_utc(read.first_date),
                 )
-                again, _ = self._read_and_commit(lower, result, dry_run)
-                if again is not None and (newest is None or again > newest):
-                    newest = again
-            result.watermark_after = self._next_watermark(lower, newest, first_date)
+                self._read_and_commit(self._plain(), base, result, dry_run, read, base)
+                settle_next = Settle(min(settle.at, base), None, settle.limit)
+            result.watermark_after, settled = self._next_cursors(base, settle_next, read)
+            result.settle_after = settled.dumps()
             self._finish_cycle(result, dry_run, ok=True)
         except Exception as exc:
             self._finish_cycle(result, dry_run, ok=False, error=exc)
             raise
         return result
 
+    def _read_planned(
+        self, fresh: datetime, settle: Settle, result: PollResult, read: _Read, dry_run: bool
+    ) -> Settle:
+        """This cycle's reads: everything from the cursor ``fresh`` on, and once more
+        (for rows committed late) a slice of what was read before but not yet after its
+        overlap had passed, sized by the stored versions in it so that it costs no
+        request beyond the lower bound. Returns how far that makes the read final."""
+        budget = max(1, self.cfg.page_size // 2)  # room left for page edges
+        with self.store.unit() as u:
+            # what a read from the settled mark would read again (the cursor's own
+            # second included, when it is read again)
+            backlog = u.known_versions(settle.at, None, settle.after, budget + 1)
+            again = len(u.known_versions(fresh, None, None, budget + 1))
+            budget = max(1, budget - again)
+            hi = min(settle.limit, fresh)
+            known = (
+                u.known_versions(settle.at, hi, settle.after, budget + 1) if hi > settle.at else []
+            )
+        if settle.after is None and len(backlog) <= budget:
+            # Few rows read since the settled mark: one range from there costs nothing
+            # more than reading from the cursor, and settles up to the limit.
+            lower = min(settle.at, fresh)
+            self._read_and_commit(self._plain(), lower, result, dry_run, read, lower)
+            done = max(settle.at, settle.limit)
+            return Settle(done, None, settle.limit)
+        sl = plan_slice(settle.at, settle.after, hi, known, budget)
+        if sl is None:
+            self._read_and_commit(self._plain(), fresh, result, dry_run, read, fresh)
+            return settle
+        if self._union_ok():
+            build = partial(self._union, sl, fresh)
+            self._read_and_commit(build, min(sl.lo, fresh), result, dry_run, read, fresh)
+        else:
+            # A scope with ``or`` or parentheses cannot be followed by another group
+            # (Ivanti misreads it): the slice is a read of its own.
+            self._read_and_commit(self._plain(), fresh, result, dry_run, read, fresh)
+            self._read_and_commit(partial(self._slice_only, sl), sl.lo, result, dry_run, read)
+        at, after = sl.end()
+        return Settle(at, after, settle.limit)
+
+    def _next_cursors(
+        self, base: datetime, settled: Settle, read: _Read
+    ) -> tuple[datetime, Settle]:
+        """(the next cursor, the settled mark) after a cycle that read from ``base``.
+
+        The cursor moves past the newest second read when the last page was served in
+        a later second (whatever else that second holds was committed by then; a row
+        committed later still is late, and the settle read finds it), else to it. The
+        settle limit becomes the last page's server time less the overlap: what the
+        next read, made later, can take as final."""
+        last = read.last_date
+        cursor = base
+        if read.newest is not None:
+            newest = _floor(read.newest)
+            if last is None:
+                cursor = max(base, newest)
+            elif newest < _floor(last):
+                cursor = max(base, newest + _SECOND)
+            elif newest == _floor(last) and read.at_newest > self.cfg.page_size // 4:
+                # Read within the second it saved a crowd of rows in: re-reading them
+                # would cost requests every cycle; what else that second gets is late
+                # for this cursor, and the settle read finds it.
+                cursor = max(base, newest + _SECOND)
+            else:
+                # Read within that second (or the server's clock is behind its rows):
+                # read it again, it may get more rows.
+                cursor = max(base, min(newest, _floor(last)))
+        if last is not None:
+            limit = _floor(last) - self.cfg.overlap
+        elif read.newest is not None:
+            limit = max(settled.limit, _floor(read.newest) - self.cfg.overlap)
+        else:
+            limit = settled.limit
+        if settled.after is None and settled.at > cursor:
+            cursor = settled.at  # all before it is read and final
+        return cursor, Settle(min(settled.at, cursor), settled.after, limit)
+
     def _read_and_commit(
-        self, lower: datetime, result: PollResult, dry_run: bool
-    ) -> tuple[datetime | None, datetime | None]:
-        """Read and commit every change from ``lower`` on: (newest LastModDateTime seen,
-        server Date of the first page)."""
-        first_date: datetime | None = None
-        newest: datetime | None = None
-        for page in self._read_changes(lower, result):
-            if first_date is None:
-                first_date = page.server_date
+        self,
+        build: Callable[[datetime], str | None],
+        lower: datetime,
+        result: PollResult,
+        dry_run: bool,
+        read: _Read,
+        keyset_from: datetime | None = None,
+    ) -> None:
+        """Read and commit every row ``build`` selects from ``lower``'s second on,
+        noting the newest LastModDateTime and the server dates in ``read``."""
+        for page in self._read_changes(build, lower, result, keyset_from):
+            if read.first_date is None:
+                read.first_date = page.server_date
+            if page.server_date is not None:
+                read.last_date = page.server_date
             for snap in self._commit_page(page.rows, result, "poll", False, dry_run):
-                if newest is None or snap.last_mod > newest:
-                    newest = snap.last_mod
-        return newest, first_date
+                if read.newest is None or _floor(snap.last_mod) > _floor(read.newest):
+                    read.newest, read.at_newest = snap.last_mod, 1
+                elif _floor(snap.last_mod) == _floor(read.newest):
+                    read.at_newest += 1
+                    read.newest = max(read.newest, snap.last_mod)
 
     def reconcile(self, *, dry_run: bool = False, baseline: bool = False) -> PollResult:
         """Re-read every open incident in scope and fix drift (level-triggered); the
@@ -277,8 +505,11 @@ class Poller:
             if baseline:
                 start = first_date or self.now()
                 result.watermark_after = _floor(start) - self.cfg.overlap
+                mark = result.watermark_after
+                result.settle_after = Settle(mark, None, mark).dumps()
             else:
                 result.watermark_after = result.watermark_before
+                result.reconciled_from = first_date
             with self.step_lock:
                 self._finish_cycle(result, dry_run, ok=True)
         except Exception as exc:
@@ -292,38 +523,102 @@ class Poller:
         scope = self.cfg.scope_filter.strip()
         return f"({scope}) and {expr}" if scope else expr
 
-    def _query(self, flt: str, orderby: str, result: PollResult) -> Any:
-        page = self.ivanti.query_incidents(flt, orderby, top=self.cfg.page_size)
+    def _query(self, flt: str, orderby: str, result: PollResult, skip: int = 0) -> Any:
+        page = self.ivanti.query_incidents(flt, orderby, top=self.cfg.page_size, skip=skip)
         result.requests += 1
         result.rows_read += len(page.rows)
-        log.debug("ivanti query filter=%r rows=%d", flt, len(page.rows))
+        log.debug("ivanti query filter=%r skip=%d rows=%d", flt, skip, len(page.rows))
         return page
 
-    def _read_changes(self, watermark: datetime, result: PollResult) -> Iterator[Any]:
+    def _read_changes(
+        self,
+        build: Callable[[datetime], str | None],
+        lower: datetime,
+        result: PollResult,
+        keyset_from: datetime | None = None,
+    ) -> Iterator[Any]:
+        """Pages of the rows ``build(second)`` selects from ``lower``'s second on,
+        continued after each full page from its last second (re-read, deduplicated),
+        or by the exact keyset (``IXM_PAGING=keyset``) once the page's last row is at
+        or after ``keyset_from`` (from there on ``build`` selects every row); ``build``
+        answering None ends the read."""
         size = self.cfg.page_size
-        flt = self._scoped(f"LastModDateTime ge {odata_datetime_literal(_floor(watermark))}")
-        while True:
-            page = self._query(flt, ORDER_CHANGES, result)
+        second = _floor(lower)
+        flt: str | None = build(second)
+        skip = 0
+        expect: str | None = None  # the RecId the page must start with (skip check)
+        while flt is not None:
+            page = self._query(flt, ORDER_CHANGES, result, skip)
+            if expect is not None and (not page.rows or _rec_id(page.rows[0]) != expect):
+                # The rows before the skipped-to position changed while paging (one
+                # was saved again, or a late commit landed among them): read that
+                # second whole, by IncidentNumber, then go on after it.
+                yield page
+                yield from self._drain_second(second, result)
+                second += _SECOND
+                flt, skip, expect = build(second), 0, None
+                continue
             yield page
             if len(page.rows) < size:
                 return
-            keyset = self._keyset_after(page.rows) if self.cfg.paging == "keyset" else None
+            keyset = None
+            if self.cfg.paging == "keyset" and keyset_from is not None:
+                edge = self._second_of(page.rows[-1])
+                if edge is not None and edge >= _floor(keyset_from):
+                    keyset = self._keyset_after(page.rows)
             if keyset is not None:
-                flt = keyset
+                flt, skip, expect = keyset, 0, None
                 continue
-            first_s = self._second_of(page.rows[0])
             last_s = self._second_of(page.rows[-1])
-            if first_s is None or last_s is None:
-                # A malformed timestamp at a page edge: move past the page's known rows.
+            last_rec = _rec_id(page.rows[-1])
+            if last_s is None or last_rec is None:
+                # A malformed row at the page's edge: move past the page's known rows.
                 known = [s for s in map(self._second_of, page.rows) if s is not None]
                 if not known:
                     return
-                last_s = max(known)
-                first_s = min(known)
-            if first_s == last_s:
-                yield from self._drain_second(last_s, result)
-                last_s += timedelta(seconds=1)
-            flt = self._scoped(f"LastModDateTime ge {odata_datetime_literal(last_s)}")
+                second = max(known)
+                yield from self._drain_second(second, result)
+                second += _SECOND
+                flt, skip, expect = build(second), 0, None
+                continue
+            # Go on from the last row's second, skipping the rows of it this page
+            # already holds but the last: the next page must start with that one
+            # (positions within a second are the server's own order, whatever it
+            # sorts by inside a second), so nothing is read twice but one row.
+            in_s = 0
+            for row in reversed(page.rows):
+                if self._second_of(row) != last_s:
+                    break
+                in_s += 1
+            skip = (skip if last_s == second else 0) + in_s - 1
+            second = last_s
+            flt, expect = build(second), last_rec
+
+    def _plain(self) -> Callable[[datetime], str]:
+        return lambda second: self._scoped(f"LastModDateTime ge {odata_datetime_literal(second)}")
+
+    def _union_ok(self) -> bool:
+        """Whether a group may come first with the scope after it (no ``or`` nor
+        parentheses in the scope: Ivanti misreads a group that is not first)."""
+        scope = self.cfg.scope_filter.strip()
+        return not ("(" in scope or " or " in f" {scope.casefold()} ")
+
+    def _union(self, sl: Slice, fresh: datetime, second: datetime) -> str:
+        """Rows from ``second`` on of the settle slice ``sl`` and of everything from
+        the cursor ``fresh``: one OR-group, first, the scope after it."""
+        fresh = max(_floor(fresh), second)
+        part = sl.expr(second)
+        if part is None:
+            return self._plain()(fresh)
+        if not sl.partial and sl.hi >= fresh:
+            return self._plain()(max(second, sl.lo))  # contiguous: one range
+        group = f"({part} or LastModDateTime ge {odata_datetime_literal(fresh)})"
+        scope = self.cfg.scope_filter.strip()
+        return f"{group} and {scope}" if scope else group
+
+    def _slice_only(self, sl: Slice, second: datetime) -> str | None:
+        part = sl.expr(second)
+        return None if part is None else self._scoped(part)
 
     def _keyset_after(self, rows: Sequence[Mapping[str, Any]]) -> str | None:
         """The exact continuation after a full page: rows later than the last one in
@@ -739,19 +1034,20 @@ class Poller:
         }
 
     # ----- cycle bookkeeping ------------------------------------------------------------
-    def _next_watermark(
-        self, current: datetime, newest: datetime | None, server_date: datetime | None
-    ) -> datetime:
-        candidates = []
-        if newest is not None:
-            candidates.append(_floor(newest))
-        if server_date is not None:
-            candidates.append(_floor(server_date) - self.cfg.overlap)
-        elif newest is not None:
-            candidates = [_floor(newest) - self.cfg.overlap]
-        if not candidates:
-            return current
-        return max(current, min(candidates))
+    def _settle_by_reconcile(self, u: Unit, started: datetime, now: datetime) -> None:
+        """A finished reconcile read every open incident in scope (and looked up each
+        followed one it did not find) after ``started``: a row committed up to the
+        overlap late and stamped before ``started - overlap`` was visible to it, so
+        the settle read need not go back behind that (under a load heavier than it
+        can settle beside the new rows, this is what bounds its lag)."""
+        raw = u.get_state(SETTLE)
+        cursor = u.get_state(WATERMARK)
+        if raw is None or cursor is None:
+            return
+        settle = Settle.loads(raw, parse_utc(cursor))
+        mark = min(_floor(started) - self.cfg.overlap, parse_utc(cursor))  # never past it
+        if settle.at < mark:
+            u.set_state(SETTLE, Settle(mark, None, settle.limit).dumps(), now)
 
     def _start_cycle(self, kind: str, watermark: str | None, dry_run: bool) -> int | None:
         if dry_run:
@@ -780,6 +1076,10 @@ class Poller:
                 cycle.watermark_after = iso_utc(result.watermark_after)
                 if result.kind != "reconcile":  # polls run beside it and move the cursor
                     u.set_state(WATERMARK, iso_utc(result.watermark_after), now)
+                if result.settle_after is not None:
+                    u.set_state(SETTLE, result.settle_after, now)
+                if result.kind == "reconcile" and result.reconciled_from is not None:
+                    self._settle_by_reconcile(u, result.reconciled_from, now)
                 if result.kind == "baseline":
                     u.set_state(BASELINE_DONE, iso_utc(now), now)
                     u.set_state(BASELINE_PROGRESS, "", now)
@@ -917,6 +1217,11 @@ def _assignment_landed(pending: Sequence[Mapping[str, Any]], served: Snapshot) -
         and str(a.get("status", "Active")).casefold() == served.status.casefold()
         for a in pending
     )
+
+
+def _rec_id(row: Mapping[str, Any]) -> str | None:
+    rec = row.get("RecId")
+    return rec.strip().upper() if isinstance(rec, str) and rec.strip() else None
 
 
 def _numbers(rows: Sequence[Mapping[str, Any]]) -> list[int]:

@@ -34,6 +34,7 @@ from sqlalchemy import (
     func,
     insert,
     make_url,
+    or_,
     select,
     update,
 )
@@ -444,6 +445,28 @@ class Unit:
         if upto is not None:
             q = q.where(Incident.incident_number <= upto)
         return list(self.s.scalars(q))
+
+    def known_versions(
+        self, lo: datetime, hi: datetime | None, after: int | None, limit: int
+    ) -> list[tuple[datetime, int]]:
+        """(LastModDateTime, IncidentNumber) of the followed incidents whose stored
+        version was modified in [lo, hi) (``hi`` None: no end), in that order, at most
+        ``limit``; with ``after``, those of ``lo``'s second numbered up to ``after``
+        are left out. The poller sizes its settle reads by them (index on last_mod)."""
+        q = select(Incident.last_mod, Incident.incident_number).where(
+            Incident.deleted.is_(False), Incident.last_mod >= lo
+        )
+        if hi is not None:
+            q = q.where(Incident.last_mod < hi)
+        if after is not None:
+            q = q.where(
+                or_(
+                    Incident.last_mod >= lo + timedelta(seconds=1),
+                    Incident.incident_number > after,
+                )
+            )
+        q = q.order_by(Incident.last_mod, Incident.incident_number).limit(limit)
+        return [(m, n) for m, n in self.s.execute(q)]
 
     def list_incidents(self) -> list[Incident]:
         return list(self.s.scalars(select(Incident).order_by(Incident.incident_number)))
