@@ -51,8 +51,8 @@ from daemon.models import (
     OutboxAction,
     PollState,
     Rejected,
-    WindowHold,
     Replica,
+    WindowHold,
     XmEvent,
 )
 from daemon.snapshot import snapshot_from_json, snapshot_to_json
