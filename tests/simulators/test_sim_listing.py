@@ -117,17 +117,17 @@ def test_switches_show_current_values_and_defaults(pair: SimPair) -> None:
 
 def test_a_new_constructor_switch_is_listed_without_code() -> None:
     class Stricter(IvantiSimulator):
-        def __init__(self, *, odata_count: bool = True, **kwargs: Any) -> None:
+        def __init__(self, *, made_up_switch: bool = True, **kwargs: Any) -> None:
             super().__init__(**kwargs)
-            self._odata_count = odata_count
+            self._made_up_switch = made_up_switch
 
     class Later(XMattersSimulator):
         def __init__(self, *args: Any, recipients_embedded: bool = False, **kw: Any) -> None:
             super().__init__(*args, **kw)  # stored nowhere: the listing reads the argument
 
-    with Stricter(odata_count=False, quirks=False) as s:
+    with Stricter(made_up_switch=False, quirks=False) as s:
         sw = _listing(s)["switches"]
-        assert sw["odata_count"] == {"value": False, "default": True}
+        assert sw["made_up_switch"] == {"value": False, "default": True}
         assert sw["quirks"]["value"] is False
     with Later(SimClock(), recipients_embedded=True) as x:
         assert _listing(x)["switches"]["recipients_embedded"]["value"] is True
