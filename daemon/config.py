@@ -126,10 +126,13 @@ _TOOLING_NAMES = frozenset(
         "IXM_VENV",
         "IXM_SOAK_SEED",
         "IXM_TEST_POSTGRES",
+        "IXM_TEST_POSTGRES_RESTART",
         "IXM_SIM_PROFILE",
         "IXM_SIM_PROFILE_POSTGRES",
     }
 )
+# the test suite's own switches (IXM_TEST_POSTGRES, IXM_SIM_PROFILE, ...): never settings
+_TOOLING_PREFIXES = ("IXM_TEST_", "IXM_SIM_")
 _KNOWN_NAMES = frozenset(SETTING_NAMES) | {f"{n}_FILE" for n in SECRET_NAMES} | _TOOLING_NAMES
 _SETTING_PREFIXES = ("IXM_", "IVANTI_", "XMATTERS_")
 
@@ -1440,7 +1443,11 @@ def unknown_settings(names: Iterable[str]) -> list[str]:
     known = sorted(_KNOWN_NAMES - _TOOLING_NAMES)
     lines: list[str] = []
     for name in sorted(set(names)):
-        if not name.startswith(_SETTING_PREFIXES) or name in _KNOWN_NAMES:
+        if (
+            not name.startswith(_SETTING_PREFIXES)
+            or name in _KNOWN_NAMES
+            or name.startswith(_TOOLING_PREFIXES)
+        ):
             continue
         close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
         hint = f"did you mean {close[0]}?" if close else "see .env.example for the settings"

@@ -969,6 +969,8 @@ def test_unknown_settings_are_warned_about_with_the_closest_name() -> None:
             XMATTERS_TRIGER_URL="x",
             IVANTI_PASSWORD_FILE="",
             IXM_VENV=".venv-ci",
+            IXM_TEST_POSTGRES_RESTART="pg_ctl restart",  # the test suite's own
+            IXM_SIM_PROFILE_POSTGRES="strict",
             IXM_ZZZ="1",
             OTHER_THING="1",
         ),
