@@ -134,6 +134,10 @@ class Service:
         self.metrics = Metrics(now=now, overlap=settings.poll.overlap)
         self.last_poll_ok: datetime | None = None
         self.last_progress: datetime | None = None  # a sweep's last committed page
+        # the jobs running now (poll, deliver, write-back, reconcile) and since when
+        # (time.monotonic()): one that runs for longer than IXM_DEADMAN is stuck
+        self._running: dict[str, float] = {}
+        self._running_lock = threading.Lock()
         self._wb_behind = False  # the write-back lag is over WRITEBACK_LAG_WARN_S
         self.last_error: dict[str, str] = {}
         xs = settings.xmatters
@@ -429,7 +433,7 @@ class Service:
         log_event(log, logging.INFO, "ready: state DB migrated, settings valid")
         deadman = timedelta(seconds=s.ops.deadman)
         started = self.now()
-        stalled_logged = False
+        stalled_logged = stuck_logged = False
         standby_status = ""
         xmatters_ok, next_probe, status, current = False, 0.0, "", ""
         try:
@@ -458,9 +462,23 @@ class Service:
                     next_probe = time.monotonic() + s.poll.interval
                     if xmatters_ok:
                         log_event(log, logging.INFO, "both APIs answered: polling")
-                if self.now() - healthy_since <= deadman:
+                stuck = self.stuck_job(s.ops.deadman)
+                if stuck is not None:
+                    if not stuck_logged:
+                        log_event(
+                            log,
+                            logging.ERROR,
+                            "a job is stuck: no longer feeding the systemd watchdog, so "
+                            "systemd restarts the daemon (another replica takes the lease)",
+                            job=stuck[0].removesuffix("_job").lstrip("_"),
+                            running=f"{stuck[1]:.0f}s",
+                            deadman=f"{s.ops.deadman:g}s",
+                        )
+                        stuck_logged = True
+                    current = f"stuck: {stuck[0]} has run for {stuck[1]:.0f} s"
+                elif self.now() - healthy_since <= deadman:
                     systemd.notify("WATCHDOG=1")
-                    stalled_logged = False
+                    stalled_logged = stuck_logged = False
                     current = self._status(xmatters_ok=xmatters_ok)
                 elif not stalled_logged:
                     log_event(
@@ -623,15 +641,40 @@ class Service:
         def run() -> None:
             if self.leadership is not None and not self.leadership.is_leader():
                 return  # a standby does no work
+            with self._running_lock:
+                self._running[run.__name__] = time.monotonic()
             try:
                 job()
             except LeaseLost as exc:  # the lease ran out under this replica
                 log_event(log, logging.WARNING, "fenced: nothing committed", error=str(exc))
             except Exception:  # already logged by the job; keep the scheduler alive
                 pass
+            finally:
+                with self._running_lock:
+                    self._running.pop(run.__name__, None)
 
         run.__name__ = getattr(job, "__name__", "job")
         return run
+
+    def stuck_job(self, limit: float) -> tuple[str, float] | None:
+        """A job that has run for longer than ``limit`` seconds without a sign of life
+        (a poll or sweep that commits a page shows one), and for how long; else None.
+
+        A thread can hang where no timeout reaches (seen: a connection check inside the
+        PostgreSQL driver after the server restarted), and the other jobs go on, so the
+        dead-man alone would never notice that, say, answers stop reaching Ivanti."""
+        now = time.monotonic()
+        alive = self.last_progress
+        since_alive = (self.now() - alive).total_seconds() if alive is not None else float("inf")
+        with self._running_lock:
+            running = list(self._running.items())
+        for name, started in running:
+            age = now - started
+            if name in ("scheduled_poll", "reconcile_job"):
+                age = min(age, since_alive)  # a long sweep that commits pages is alive
+            if age > limit:
+                return name, age
+        return None
 
     def close(self) -> None:
         if self.leadership is not None:

@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -221,3 +222,36 @@ def test_a_standby_is_ready_and_names_the_leader(
         stop_a.set()
         thread_a.join(timeout=20)
         leader.close()
+
+
+def test_a_stuck_write_back_pass_stops_the_watchdog_so_systemd_restarts_the_daemon(
+    sims: SimPair, state_db_url: str, systemd: FakeSystemd, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A thread can hang where no timeout reaches (seen: the PostgreSQL driver's connection
+    check after the server restarted) while polls go on: answers would stop reaching Ivanti
+    and nobody would know. A job running past IXM_DEADMAN stops the watchdog instead."""
+    svc = _service(sims, state_db_url, IXM_DEADMAN="2", IXM_WRITEBACK_INTERVAL="0.2")
+    assert svc.writeback is not None
+    release = threading.Event()
+    hung = threading.Event()
+
+    def hangs() -> Any:
+        hung.set()
+        release.wait(30)
+        raise RuntimeError("released")
+
+    stop, thread = _start(svc)
+    try:
+        systemd.wait_for(lambda m: any(x.endswith("STATUS=polling") for x in m))
+        svc.writeback.run_once = hangs  # type: ignore[method-assign]
+        assert hung.wait(10)
+        systemd.wait_for(lambda m: any("STATUS=stuck: _writeback_pass" in x for x in m))
+        fed = systemd.drain().count("WATCHDOG=1")
+        time.sleep(1.0)  # ten watchdog periods
+        assert systemd.drain().count("WATCHDOG=1") == fed, "still feeding the watchdog"
+        assert any("a job is stuck" in r.getMessage() for r in caplog.records)
+    finally:
+        release.set()
+        stop.set()
+        thread.join(timeout=20)
+        svc.close()
