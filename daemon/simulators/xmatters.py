@@ -547,6 +547,12 @@ class XMattersSimulator(SimServer):
         add("GET", API + r"/events/(?P<eid>[^/]+)", self._h_event_get, "xm.events.get")
         add(
             "GET",
+            API + r"/events/(?P<eid>[^/]+)/user-deliveries",
+            self._h_user_deliveries,
+            "xm.events.user_deliveries",
+        )
+        add(
+            "GET",
             API + r"/events/(?P<eid>[^/]+)/annotations",
             self._h_annotations_list,
             "xm.annotations.list",
@@ -1103,6 +1109,19 @@ class XMattersSimulator(SimServer):
             del body["recipients"]
         if event.terminated is not None:
             body["terminated"] = iso(event.terminated)
+        body.update(_EVENT_DEFAULTS)  # the fields the reference lists that nothing here sets
+        wanted = embed.casefold()
+        if "annotations" in wanted:
+            body["annotations"] = _embedded(copy.deepcopy(event.annotations), event, "annotations")
+        if "messages" in wanted:
+            summary = str(event.prop("Summary") or event.prop("Type") or "")
+            message = {
+                "id": _stable_id("message", event.id),
+                "messageType": "STANDARD",
+                "subject": summary,
+                "body": "\n".join(f"{k}: {v}" for k, v in event.properties.items()),
+            }
+            body["messages"] = _embedded([message], event, "messages")
         if "responseoptions" in embed.casefold():
             body["responseOptions"] = {
                 "count": len(event.options),
@@ -1276,6 +1295,81 @@ class XMattersSimulator(SimServer):
             records = [r for r in records if r["type"] in types]
         records.sort(key=lambda r: int(r["orderId"]), reverse=_sort_order(q) == "DESCENDING")
         return self._paginate(req, copy.deepcopy(records), API + "/audits")
+
+    def _h_user_deliveries(self, req: Request, m: re.Match[str]) -> Response:
+        """Delivery status per person reached (reference 5.3): ``at`` is required (a
+        historical-data endpoint); ``deliveryStatus`` filters. A person is RESPONDED once
+        they answered, DELIVERED once a device got it, FAILED when every device failed,
+        and NOT_DELIVERED before any result."""
+        self._api(req)
+        if not req.query.get("at"):
+            raise BadRequest(400, "The at parameter is required")
+        event = self._find_event(m["eid"])
+        wanted = {s.upper() for s in _csv(req.query.get("deliveryStatus", "")) if s}
+        items = [
+            item
+            for item in (self._user_delivery(event, login) for login in sorted(event.audience()))
+            if item is not None and (not wanted or item["deliveryStatus"] in wanted)
+        ]
+        return self._paginate(req, items, f"{API}/events/{event.id}/user-deliveries")
+
+    def _user_delivery(self, event: _Event, login: str) -> dict[str, Any] | None:
+        who = self._person(login)
+        if who is None:
+            return None
+        responses = [
+            r["response"]
+            for ev_id, r in self._audits
+            if ev_id == event.id
+            and r["type"] == "RESPONSE_RECEIVED"
+            and str(r["response"]["notification"]["recipient"]["targetName"])
+            .split("|", 1)[0]
+            .casefold()
+            == who.target_name.casefold()
+        ]
+        notes = []
+        for (eid, name, device), n in self._notifications.items():
+            if eid != event.id or name != who.target_name.casefold():
+                continue
+            answers = [
+                {"text": r["response"], "notification": {"id": n["id"]}, "received": r["received"]}
+                for r in responses
+                if r["notification"]["id"] == n["id"]
+            ]
+            notes.append(
+                {
+                    **copy.deepcopy(n),
+                    "recipient": self._device_recipient(who, device),
+                    "delivered": n["created"] if n["deliveryStatus"] == "DELIVERED" else None,
+                    "responded": answers[-1]["received"] if answers else None,
+                    "responses": {"count": len(answers), "total": len(answers), "data": answers},
+                }
+            )
+        statuses = {n["deliveryStatus"] for n in notes}
+        status = (
+            "RESPONDED"
+            if responses
+            else "DELIVERED"
+            if "DELIVERED" in statuses
+            else "FAILED"
+            if statuses
+            else "NOT_DELIVERED"
+        )
+        item: dict[str, Any] = {
+            "event": event.ref(),
+            "person": who.as_json(),
+            "deliveryStatus": status,
+            "notifications": {"count": len(notes), "total": len(notes), "data": notes},
+            "links": {"self": f"{event.link()}/user-deliveries/{who.id}"},
+        }
+        if responses:
+            last = responses[-1]
+            item["response"] = {
+                "text": last["response"],
+                "notification": copy.deepcopy(last["notification"]),
+                "received": last["received"],
+            }
+        return item
 
     def _h_annotations_list(self, req: Request, m: re.Match[str]) -> Response:
         self._api(req)
@@ -1699,6 +1793,31 @@ def _check_options(options: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]
             raise ValueError(f"response option {opt!r} lacks {sorted(missing)}")
         checked.append(dict(opt))
     return checked
+
+
+# Event fields the reference lists (xmatters-api.md 3.3) whose values nothing here varies.
+_EVENT_DEFAULTS: dict[str, Any] = {
+    "expirationInMinutes": 1440,
+    "bypassPhoneIntro": False,
+    "conference": None,
+    "escalationOverride": False,
+    "overrideDeviceRestrictions": False,
+    "otherResponseCount": 0,
+    "otherResponseCountThreshold": 2,
+    "requirePhonePassword": False,
+    "responseCountsEnabled": False,
+    "voicemailOptions": {"every": 0, "retry": 0, "leave": "NO_MESSAGE"},
+}
+
+
+def _embedded(items: list[dict[str, Any]], event: _Event, name: str) -> dict[str, Any]:
+    """An embedded collection: ``{count, total, data, links}``."""
+    return {
+        "count": len(items),
+        "total": len(items),
+        "data": items,
+        "links": {"self": f"{event.link()}/{name}"},
+    }
 
 
 def _choice(name: str, value: str, allowed: Sequence[str]) -> str:

@@ -159,26 +159,21 @@ def test_people_and_groups(xm: Any, sim: XMattersSimulator) -> None:
     assert "Network Operations" in groups
 
 
-@pytest.mark.xfail(
-    reason="the simulator has no /events/{id}/user-deliveries yet (a gap issue 15 lists)",
-    raises=xmatters.errors.NotFoundError,
-    strict=False,
-)
 def test_user_deliveries(xm: Any, sim: XMattersSimulator, event: Any) -> None:
     sim.deliver(event["id"], person="jsmith")
     got = xm.events_endpoint().get_event_by_id(event["id"])
-    assert len(list(got.get_user_delivery_data(at=sim.clock.now().isoformat()))) == 1
+    [mine] = [
+        d
+        for d in got.get_user_delivery_data(at=sim.clock.now().isoformat())
+        if d.person.target_name == "jsmith"
+    ]
+    assert mine.delivery_status == "DELIVERED" and len(mine.notifications) == 1
 
 
-@pytest.mark.xfail(
-    reason="the simulator does not embed messages (?embed=messages; the full event object "
-    "is a gap issue 15 lists)",
-    raises=AttributeError,
-    strict=False,
-)
 def test_messages_embed(xm: Any, event: Any) -> None:
     got = xm.events_endpoint().get_event_by_id(event["id"])
-    assert got.get_messages() is not None
+    [message] = list(got.get_messages())
+    assert message.subject and message.message_type == "STANDARD"
 
 
 @pytest.mark.xfail(

@@ -622,3 +622,47 @@ def test_reset_forgets_state_but_keeps_configuration(
     assert sim.config()["flood_control"] == {"enabled": True, "limit": 4}
     assert sim.trigger_url == trigger_url
     assert rest.get(EVENTS).json()["total"] == 0
+
+
+def test_user_deliveries_per_person_need_at_and_roll_up_each_person(
+    sim: XMattersSimulator, rest: httpx.Client
+) -> None:
+    eid = event_for(
+        rest, fire(rest, sim, incident("R-UD", Owner="", OwnerTeam="Network Operations"))
+    )["id"]
+    path = f"{EVENTS}/{eid}/user-deliveries"
+    assert_error(rest.get(path), 400)  # `at` is required (a historical-data endpoint)
+    sim.deliver(eid, person="jsmith", device="Mobile App")
+    sim.deliver(eid, person="bwong", device="Work Email", status="FAILED")
+    sim.respond(eid, person="jsmith", response="Escalate")
+    at = {"at": "2025-03-01T12:00:00Z"}
+    items = {i["person"]["targetName"]: i for i in rest.get(path, params=at).json()["data"]}
+    assert {n: i["deliveryStatus"] for n, i in items.items()} == {
+        "jsmith": "RESPONDED",
+        "bwong": "FAILED",
+    }
+    [note] = items["jsmith"]["notifications"]["data"]
+    assert note["responses"]["data"][0]["text"] == "Escalate"
+    assert items["jsmith"]["response"]["text"] == "Escalate"
+    failed = rest.get(path, params={**at, "deliveryStatus": "FAILED"}).json()["data"]
+    assert [i["person"]["targetName"] for i in failed] == ["bwong"]
+
+
+def test_the_event_object_has_the_reference_fields_and_embeds(
+    sim: XMattersSimulator, rest: httpx.Client
+) -> None:
+    eid = event_for(rest, fire(rest, sim, incident("R-EV")))["id"]
+    sim.comment(eid, person="bwong", text="on it")
+    event = rest.get(f"{EVENTS}/{eid}", params={"embed": "annotations,messages"}).json()
+    for name in (
+        "expirationInMinutes",
+        "bypassPhoneIntro",
+        "escalationOverride",
+        "requirePhonePassword",
+        "responseCountsEnabled",
+        "voicemailOptions",
+    ):
+        assert name in event, name
+    assert [a["comment"] for a in event["annotations"]["data"]] == ["on it"]
+    assert event["messages"]["data"][0]["subject"] == "Core switch down"
+    assert "annotations" not in rest.get(f"{EVENTS}/{eid}").json()
