@@ -25,6 +25,12 @@ START = datetime(2026, 11, 27, 10, 0, 0, tzinfo=UTC)
 # sets it): with it, every test that takes ``state_db_url`` runs on both backends.
 PG_ADMIN_URL = os.environ.get("IXM_TEST_POSTGRES", "")
 BACKENDS = ["sqlite", "postgresql"] if PG_ADMIN_URL else ["sqlite"]
+# IXM_TEST_BACKENDS=sqlite or =postgresql runs one backend's leg alone (`./dev test
+# --postgres` runs the two legs side by side); the PostgreSQL leg is only the tests that
+# use a state DB.
+_ONLY = [b for b in os.environ.get("IXM_TEST_BACKENDS", "").split(",") if b.strip()]
+if _ONLY:
+    BACKENDS = [b for b in BACKENDS if b in _ONLY]
 
 # The simulators' switch profile (daemon.simulators.profiles): `default`, or `strict` for
 # the hardest reading of every open question at once (`./dev test --strict`).
@@ -34,6 +40,19 @@ BACKENDS = ["sqlite", "postgresql"] if PG_ADMIN_URL else ["sqlite"]
 # reading pins it with @pytest.mark.sim_profile("default").
 SIM_PROFILE = os.environ.get("IXM_SIM_PROFILE", "default")
 SIM_PROFILE_POSTGRES = os.environ.get("IXM_SIM_PROFILE_POSTGRES", "") or SIM_PROFILE
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The PostgreSQL leg alone (IXM_TEST_BACKENDS=postgresql): only the tests that use a
+    state DB; the SQLite leg runs everything else."""
+    if BACKENDS != ["postgresql"]:
+        return
+    uses_db = {"state_db_url", "pg_state_db_url"}
+    keep = [i for i in items if uses_db & set(getattr(i, "fixturenames", ()))]
+    dropped = [i for i in items if i not in keep]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -81,6 +100,8 @@ def pg_state_db_url() -> Iterator[str]:
     """A fresh PostgreSQL state DB, for what only PostgreSQL does (replicas, the lease)."""
     if not PG_ADMIN_URL:
         pytest.skip("needs PostgreSQL: ./dev test --postgres")
+    if "postgresql" not in BACKENDS:
+        pytest.skip("the PostgreSQL leg runs it (IXM_TEST_BACKENDS)")
     yield from _fresh_pg_database()
 
 
