@@ -73,8 +73,9 @@ def sim_profile(request: pytest.FixtureRequest) -> str:
     if marker is not None:
         return str(marker.args[0])
     callspec = getattr(request.node, "callspec", None)
-    on_pg = "pg_state_db_url" in request.fixturenames or (
-        callspec is not None and callspec.params.get("state_db_url") == "postgresql"
+    on_pg = request.node.get_closest_marker("e2e") is not None and (
+        "pg_state_db_url" in request.fixturenames
+        or (callspec is not None and callspec.params.get("state_db_url") == "postgresql")
     )
     return SIM_PROFILE_POSTGRES if on_pg else SIM_PROFILE
 
