@@ -156,7 +156,6 @@ def test_error_line_has_the_journal_error_priority(tmp_path: Path) -> None:
 def test_ctrl_c_is_130_without_a_traceback(tmp_path: Path) -> None:
     import signal
     import socket
-    import time
 
     with socket.socket() as blackhole:  # accepts connections, never answers
         blackhole.bind(("127.0.0.1", 0))
@@ -170,9 +169,13 @@ def test_ctrl_c_is_130_without_a_traceback(tmp_path: Path) -> None:
             stderr=subprocess.PIPE,
             text=True,
         )
-        time.sleep(2.5)  # start-up, migrations, then waiting on Ivanti
+        # interrupt once it waits on Ivanti (start-up and migrations are done), however
+        # long a loaded machine takes to get there
+        blackhole.settimeout(120)
+        conn, _ = blackhole.accept()
         proc.send_signal(signal.SIGINT)
         _out, err = proc.communicate(timeout=90)  # generous: CI runs two test sessions at once
+        conn.close()
     assert proc.returncode == 130, err
     assert "Traceback" not in err and err.strip().splitlines()[-1] == "interrupted"
 
