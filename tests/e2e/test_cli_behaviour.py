@@ -168,6 +168,10 @@ def test_ctrl_c_is_130_without_a_traceback(tmp_path: Path) -> None:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            # a shell without job control starts background jobs with SIGINT ignored
+            # (.ci/two-legs runs the legs with `&`), and the child would inherit that:
+            # give it what a terminal gives, the default handler
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         # interrupt once it waits on Ivanti (start-up and migrations are done), however
         # long a loaded machine takes to get there
