@@ -29,14 +29,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, event, make_url, text
+from sqlalchemy import create_engine, event, text
 from sqlalchemy.pool import NullPool
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,6 +44,7 @@ from daemon.lease import Leadership  # noqa: E402
 from daemon.simulators.clock import SimClock  # noqa: E402
 from daemon.simulators.harness import SimPair  # noqa: E402
 from daemon.store import Store  # noqa: E402
+from tests.pgdatabase import throwaway_database  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "failover.json"
 LEASE_TABLES = ("leases", "replicas")
@@ -57,20 +56,6 @@ def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
         if time.monotonic() > end:
             raise SystemExit(f"timed out after {timeout:g}s waiting for {what}")
         time.sleep(0.02)
-
-
-@contextmanager
-def fresh_database(admin_url: str) -> Iterator[str]:
-    name = f"ixm_failover_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    try:
-        yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.dispose()
 
 
 class Replica:
@@ -178,7 +163,7 @@ def _statements(url: str) -> dict[str, int]:
 def run(admin_url: str, *, trials: int, poll: float, replicas: int, idle: float) -> dict[str, Any]:
     with (
         SimPair(clock=SimClock(frozen=False)) as sims,
-        fresh_database(admin_url) as url,
+        throwaway_database(admin_url, "ixm_failover") as url,
         tempfile.TemporaryDirectory() as tmp,
     ):
         env = {

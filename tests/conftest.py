@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, make_url
-from sqlalchemy.pool import NullPool
+from sqlalchemy import make_url
 
 from daemon.config import load_settings
 from daemon.service import Service
 from daemon.simulators.clock import SimClock
 from daemon.simulators.harness import SimPair
+from tests.pgdatabase import throwaway_database
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 PAYLOADS = SHARED / "reference" / "ivanti-payloads"
@@ -107,16 +106,8 @@ def pg_state_db_url() -> Iterator[str]:
 
 
 def _fresh_pg_database() -> Iterator[str]:
-    name = f"ixm_test_{uuid.uuid4().hex[:16]}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT", poolclass=NullPool)
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    try:
-        yield make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.dispose()
+    with throwaway_database(PG_ADMIN_URL, "ixm_test") as url:
+        yield url
 
 
 def is_sqlite(url: str) -> bool:

@@ -18,7 +18,7 @@ from sqlalchemy import make_url
 from sqlalchemy.exc import DBAPIError
 
 from daemon.simulators.harness import SimPair
-from daemon.store import Store, Unit
+from daemon.store import LeaseState, Store, Unit
 from tests.conftest import is_sqlite
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -65,6 +65,15 @@ class StateDB:
     def close(self) -> None:
         if self._store is not None:
             self._store.close()
+
+    def lease(self) -> LeaseState | None:
+        """The leader lease (with the database's clock), on a connection of its own each
+        time, so it reads right after the database restarted."""
+        store = Store(self.url, migrate=False)
+        try:
+            return store.read_lease()
+        finally:
+            store.close()
 
     def baseline_done(self) -> bool:
         return self.read(lambda u: u.get_state("baseline_done") is not None, False)

@@ -20,7 +20,6 @@ import pytest
 
 from daemon.lease import EX_TEMPFAIL
 from daemon.simulators.harness import SimPair
-from daemon.store import Store
 from tests.e2e.daemons import (
     NET,
     TRIGGERS,
@@ -54,12 +53,8 @@ class Pair:
         self.url = url
 
     def token(self) -> int | None:
-        store = Store(self.url, migrate=False)
-        try:
-            lease = store.read_lease()
-            return lease.token if lease else None
-        finally:
-            store.close()
+        lease = self.db.lease()
+        return lease.token if lease else None
 
     def start_both(self) -> None:
         """A first (it leads and takes the baseline), then B, which stands by."""
@@ -185,21 +180,13 @@ class Replicas:
             self.daemons.append(Daemon(env, tmp_path / f"{'abc'[i]}.log"))
 
     def token(self) -> int | None:
-        store = Store(self.url, migrate=False)
-        try:
-            lease = store.read_lease()
-            return lease.token if lease else None
-        finally:
-            store.close()
+        lease = self.db.lease()
+        return lease.token if lease else None
 
     def lease_expired(self) -> bool:
         """By the database's clock, read directly (not through the proxies)."""
-        store = Store(self.url, migrate=False)
-        try:
-            lease = store.read_lease()
-            return lease is not None and lease.expires_at <= lease.now
-        finally:
-            store.close()
+        lease = self.db.lease()
+        return lease is not None and lease.expires_at <= lease.now
 
     def start_all(self) -> Daemon:
         """The first leads and takes the baseline; the others stand by."""
@@ -219,11 +206,7 @@ class Replicas:
 
     def leader(self) -> Daemon | None:
         """The replica holding a live lease, by the lease row (its holder names the pid)."""
-        store = Store(self.url, migrate=False)
-        try:
-            lease = store.read_lease()
-        finally:
-            store.close()
+        lease = self.db.lease()
         if lease is None or lease.expires_at <= lease.now:
             return None
         for d in self.daemons:
