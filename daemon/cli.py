@@ -14,9 +14,9 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from daemon import ops, rules_cli
-from daemon.config import EX_CONFIG, ConfigError, Settings, hide_url_password, load_settings
-from daemon.logs import is_journal_stream, setup_logging
-from daemon.redact import redact
+from daemon.config import EX_CONFIG, ConfigError, Settings, hide_url_password
+from daemon.logs import setup_logging
+from daemon.settings_load import error_line, load, loaded_db_url, report_config_error
 
 EX_UNAVAILABLE = 69  # sysexits.h: a service the daemon needs (the state DB) is unavailable
 
@@ -183,14 +183,6 @@ def _env_file_everywhere(sub: argparse._SubParsersAction[argparse.ArgumentParser
                 _env_file_everywhere(action)
 
 
-def load(args: argparse.Namespace, *, require_targets: bool = True) -> Settings:
-    settings = load_settings(env_file=args.env_file, require_targets=require_targets)
-    _loaded_db_url.append(settings.state_db_url)
-    for warning in settings.warnings:  # a misspelled setting: said once, on stderr
-        _error(f"warning: {warning}", priority="<4>")
-    return settings
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -200,13 +192,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _dispatch(args)
     except ConfigError as exc:
-        for problem in exc.problems:
-            _error(f"configuration error: {problem}")
-        for warning in exc.warnings:
-            _error(f"warning: {warning}", priority="<4>")
+        report_config_error(exc)
         return EX_CONFIG
     except KeyboardInterrupt:  # Ctrl-C: the shell's convention, no traceback
-        _error("interrupted")
+        error_line("interrupted")
         return 130
     except BrokenPipeError:  # `ivanti-xmatters explain 123 | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -215,17 +204,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         known = _outage(exc)
         if known is None:
             raise  # a bug: the traceback is what a report needs
-        _error(known[0])
+        error_line(known[0])
         return known[1]
-
-
-def _error(line: str, *, priority: str = "<3>") -> None:
-    """One line on stderr; with its journal priority (error) when stderr is the journal."""
-    prefix = priority if is_journal_stream(sys.stderr) else ""
-    print(prefix + redact(line), file=sys.stderr)
-
-
-_loaded_db_url: list[str] = []  # the state DB of the settings loaded, for error messages
 
 
 def _outage(exc: Exception) -> tuple[str, int] | None:
@@ -235,7 +215,7 @@ def _outage(exc: Exception) -> tuple[str, int] | None:
     if not isinstance(exc, DBAPIError):
         return None
     detail = " ".join(str(exc.orig).split()) or type(exc.orig).__name__
-    url = _loaded_db_url[-1] if _loaded_db_url else "IXM_STATE_DB"
+    url = loaded_db_url() or "IXM_STATE_DB"
     if url.startswith("sqlite:") and "unable to open database file" in detail:
         path = url.split(":///", 1)[-1]
         return (
@@ -283,7 +263,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         try:
             sys.stdout.write(shipped_file(cmd).read_text(encoding="utf-8"))
         except FileNotFoundError as exc:
-            _error(str(exc))
+            error_line(str(exc))
             return 1
         return 0
     if cmd in ("run", "once"):

@@ -36,6 +36,7 @@ import httpx
 from daemon.config import EX_CONFIG, ConfigError, Settings
 from daemon.errors import ApiError, AuthError, parse_http_date
 from daemon.models import Attempt, AuditSeen, Change, Cycle, Incident, OutboxAction, XmEvent
+from daemon.settings_load import load
 from daemon.store import (
     Store,
     Unit,
@@ -1583,8 +1584,6 @@ def _fail(args: argparse.Namespace, message: str, code: int = 1, **extra: Any) -
 
 
 def _db_settings(args: argparse.Namespace) -> Settings:
-    from daemon.cli import load
-
     return load(args, require_targets=False)
 
 
@@ -1787,8 +1786,6 @@ def _cmd_skip(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from daemon.cli import load
-
     try:
         settings = load(args, require_targets=True)
     except ConfigError as exc:

@@ -18,6 +18,7 @@ from typing import Any
 from daemon.config import EX_CONFIG, rules_fields, rules_file_settings
 from daemon.domain import Policy, Snapshot, TransitionKind
 from daemon.rules import KEY_OF, RulesError, RuleSet, load_rules
+from daemon.settings_load import load
 from daemon.snapshot import snapshot_from_json
 from daemon.transitions import decide
 
@@ -187,7 +188,6 @@ def _verdict(v: Any) -> dict[str, Any]:
 
 
 def _test(args: argparse.Namespace) -> int:
-    from daemon.cli import load
     from daemon.ops import NoDatabase, open_store
 
     try:
@@ -279,7 +279,6 @@ def _test(args: argparse.Namespace) -> int:
 def _page_open(args: argparse.Namespace) -> int:
     """Rules judge changes, so a rule that newly matches an open incident does not page
     it; this pages such incidents when the operator asks, each once (it is then alerting)."""
-    from daemon.cli import load
     from daemon.ops import NoDatabase, open_store
     from daemon.windows import queue_page
 
