@@ -8,20 +8,32 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from daemon import ops, rules_cli
+from daemon import rules_cli
 from daemon.config import EX_CONFIG, ConfigError, Settings, hide_url_password
 from daemon.logs import setup_logging
+from daemon.ops import check, explain, incidents, outbox, status
 from daemon.settings_load import error_line, load, loaded_db_url, report_config_error
 
 EX_UNAVAILABLE = 69  # sysexits.h: a service the daemon needs (the state DB) is unavailable
 
 if TYPE_CHECKING:
     from daemon.service import CycleReport
+
+# The operations commands (daemon/ops/), by name: each module registers its own on the parser.
+_OPS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "status": status.run,
+    "incidents": incidents.run,
+    "explain": explain.run,
+    "outbox": outbox.run_list,
+    "retry": outbox.run_retry,
+    "skip": outbox.run_skip,
+    "check": check.run,
+}
 
 DESCRIPTION = """\
 Pull-based bridge from Ivanti Service Manager to xMatters.
@@ -106,7 +118,11 @@ def _parser() -> argparse.ArgumentParser:
     dbsub.add_parser("upgrade", help="apply pending migrations (the daemon also does it at start)")
     dbsub.add_parser("current", help="show the DB's revision and the newest one")
 
-    ops.add_commands(sub)
+    status.add_command(sub)
+    incidents.add_command(sub)
+    explain.add_command(sub)
+    outbox.add_commands(sub)
+    check.add_command(sub)
     rules_cli.add_command(sub)
     comp = sub.add_parser(
         "completion",
@@ -289,7 +305,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         finally:
             if lock is not None:
                 lock.release()
-    return ops.dispatch(args)
+    handler = _OPS.get(cmd)
+    if handler is None:
+        print(f"unknown command {cmd!r}", file=sys.stderr)
+        return 2
+    return handler(args)
 
 
 def _db(args: argparse.Namespace) -> int:

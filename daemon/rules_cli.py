@@ -188,7 +188,7 @@ def _verdict(v: Any) -> dict[str, Any]:
 
 
 def _test(args: argparse.Namespace) -> int:
-    from daemon.ops import NoDatabase, open_store
+    from daemon.ops.state_db import NoDatabase, open_store
 
     try:
         rules, path = _rules(args, args.file)
@@ -279,7 +279,7 @@ def _test(args: argparse.Namespace) -> int:
 def _page_open(args: argparse.Namespace) -> int:
     """Rules judge changes, so a rule that newly matches an open incident does not page
     it; this pages such incidents when the operator asks, each once (it is then alerting)."""
-    from daemon.ops import NoDatabase, open_store
+    from daemon.ops.state_db import NoDatabase, open_store
     from daemon.windows import queue_page
 
     settings = load(args, require_targets=False)

@@ -15,8 +15,10 @@ from typing import Any
 
 import pytest
 
-from daemon import ops
 from daemon.config import load_settings
+from daemon.ops.explain import gather_explain, render_explain
+from daemon.ops.outbox import action_dict, retry_actions
+from daemon.ops.status import gather_status, render_status
 from daemon.service import Service
 from daemon.simulators.harness import SimPair
 from tests.conftest import MakeService
@@ -61,7 +63,7 @@ def paged_event(svc: Service, sims: SimPair, rec: str) -> list[dict[str, Any]]:
 
 def actions(svc: Service, rec: str, kind: str | None = None) -> list[dict[str, Any]]:
     with svc.store.unit() as u:
-        return [ops.action_dict(a) for a in u.outbox_for(rec) if kind in (None, a.kind)]
+        return [action_dict(a) for a in u.outbox_for(rec) if kind in (None, a.kind)]
 
 
 def deliver_until(
@@ -123,8 +125,8 @@ def test_a_suppressed_page_is_not_done_and_goes_out_again(
     assert page["state"] == "done", page
     assert len(created(sims, first)) == 1 and len(created(sims, second)) == 1
     with svc.store.unit() as u:
-        story = ops.render_explain(
-            ops.gather_explain(u, second, now=sims.clock.now()) or {}, sims.clock.now()
+        story = render_explain(
+            gather_explain(u, second, now=sims.clock.now()) or {}, sims.clock.now()
         )
     assert "no event for it appeared" in story
 
@@ -241,9 +243,9 @@ def test_a_transient_401_from_xmatters_delays_the_page_and_loses_nothing(
         svc.poll_job()
         svc.deliver_job()
         with svc.store.unit() as u:
-            status = ops.gather_status(u, now=sims.clock.now())
+            status = gather_status(u, now=sims.clock.now())
         assert status["delivery"]["auth_failing"] == 1  # `status` shows it
-        assert "retrying after a 401" in ops.render_status(status, sims.clock.now())
+        assert "retrying after a 401" in render_status(status, sims.clock.now())
         deliver_until(svc, sims, lambda: len(created(sims, rec)) == 1, step=10)
     assert [r for r in caplog.records if "401" in r.getMessage()], "no ERROR line for the 401"
     [page] = actions(svc, rec, "page")
@@ -314,16 +316,14 @@ def test_retry_keeps_an_unknown_outcome_and_checks_before_resending(
     [page] = actions(svc, rec, "page")
     assert page["state"] == "dead", page
     with svc.store.unit() as u:
-        requeued, refusals = ops.retry_actions(u, [page["id"]], now=sims.clock.now(), by="alice")
+        requeued, refusals = retry_actions(u, [page["id"]], now=sims.clock.now(), by="alice")
     assert requeued and not refusals
     deliver_until(svc, sims, lambda: actions(svc, rec, "page")[0]["state"] != "pending")
     assert len(created(sims, rec)) == 1, "retry re-sent blindly: paged twice"
     [page] = actions(svc, rec, "page")
     assert page["state"] == "done" and page["requeued_by"] == "alice"
     with svc.store.unit() as u:
-        story = ops.render_explain(
-            ops.gather_explain(u, rec, now=sims.clock.now()) or {}, sims.clock.now()
-        )
+        story = render_explain(gather_explain(u, rec, now=sims.clock.now()) or {}, sims.clock.now())
     assert "by alice" in story
 
 
@@ -342,7 +342,7 @@ def test_retry_after_a_weekend_outage_resets_the_age(
     sims.xmatters.faults.clear()
     tick(sims, 2 * 86400)
     with svc.store.unit() as u:
-        ops.retry_actions(u, [page["id"]], now=sims.clock.now())
+        retry_actions(u, [page["id"]], now=sims.clock.now())
     deliver_until(svc, sims, lambda: actions(svc, rec, "page")[0]["state"] != "pending")
     [page] = actions(svc, rec, "page")
     assert page["state"] == "done", page
@@ -367,7 +367,7 @@ def test_a_dead_page_retried_after_the_incident_was_resolved_is_not_sent(
     tick(sims)
     svc.cycle()
     with svc.store.unit() as u:
-        ops.retry_actions(u, [page["id"]], now=sims.clock.now())
+        retry_actions(u, [page["id"]], now=sims.clock.now())
     svc.deliver_job()
     [page] = actions(svc, rec, "page")
     assert page["state"] == "skipped" and "Resolved" in page["outcome"], page

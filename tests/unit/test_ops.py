@@ -22,9 +22,10 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import inspect, make_url, text
 
-from daemon import ops
 from daemon.cli import main
 from daemon.config import load_settings
+from daemon.ops import render
+from daemon.ops.check import check_trigger
 from daemon.service import Service
 from daemon.simulators.harness import SimPair
 from daemon.store import MIGRATIONS_DIR, Store, current_revision, head_revision, make_engine
@@ -84,7 +85,7 @@ def cli_env(
     env = _env(sims, state_db_url)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    monkeypatch.setattr(ops, "utcnow", sims.clock.now)
+    monkeypatch.setattr(render, "utcnow", sims.clock.now)
     yield env
 
 
@@ -175,7 +176,7 @@ def test_status_shows_health(story: Story, capsys: pytest.CaptureFixture[str]) -
     assert code == 0
     now = story.svc.now()
     last_poll = now - timedelta(seconds=30)
-    assert data["last_ok_poll"] == ops.iso(last_poll)
+    assert data["last_ok_poll"] == render.iso(last_poll)
     assert data["last_ok_poll_age_s"] == 30 and data["stale"] is False
     assert data["watermark"] is not None and data["lag_s"] > 0
     assert data["schema"]["revision"] == head_revision() and data["schema"]["up_to_date"]
@@ -191,7 +192,7 @@ def test_status_shows_health(story: Story, capsys: pytest.CaptureFixture[str]) -
 
     code, out, _ = run(capsys, "status")
     assert code == 0
-    assert f"last good poll  {ops.iso(last_poll)} (30s ago)" in out
+    assert f"last good poll  {render.iso(last_poll)} (30s ago)" in out
     assert "dead 1" in out and "pending 1" in out and "outbox --dead" in out
     assert "HTTP 503" in out
     assert "recent cycles:" in out and "baseline" in out
@@ -481,7 +482,7 @@ def test_check_reports_clock_skew(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    monkeypatch.setattr(ops, "utcnow", lambda: sims.clock.now() + timedelta(minutes=5))
+    monkeypatch.setattr(render, "utcnow", lambda: sims.clock.now() + timedelta(minutes=5))
     code, data = run_json(capsys, "check", "--quiet")
     assert code == 1
     clocks = {c["name"]: c for c in data["checks"] if c["name"].endswith("clock")}
@@ -534,7 +535,7 @@ def test_trigger_probe_compares_with_an_unknown_trigger(
         mine = request.url.path == httpx.URL(settings.xmatters.trigger_url).path
         return httpx.Response(real if mine else unknown)
 
-    result, _ = ops.check_trigger(
+    result, _ = check_trigger(
         "xmatters trigger",
         "XMATTERS_TRIGGER_URL",
         settings.xmatters.trigger_url,
@@ -639,7 +640,7 @@ def test_views_answer_questions_in_plain_sql(story: Story) -> None:
 
 
 def test_table_aligns_and_truncates() -> None:
-    text = ops.table(["ID", "NAME"], [[7, "x" * 100], [12, "short\nline"]], max_width=10)
+    text = render.table(["ID", "NAME"], [[7, "x" * 100], [12, "short\nline"]], max_width=10)
     lines = text.splitlines()
     assert lines[0] == "ID  NAME"
     assert lines[1] == " 7  xxxxxxxxx…"
@@ -650,13 +651,13 @@ def test_times_and_ages() -> None:
     from datetime import UTC, datetime
 
     now = datetime(2026, 11, 27, 10, 0, 0, 500000, tzinfo=UTC)
-    assert ops.iso(now) == "2026-11-27T10:00:00Z"
-    assert ops.ago(now - timedelta(minutes=3), now) == "3m ago"
-    assert ops.ago(now - timedelta(hours=2, minutes=5), now) == "2h 5m ago"
-    assert ops.ago(now + timedelta(seconds=45), now) == "in 45s"
-    assert ops.ago(now, now) == "just now"
-    assert ops.when(None, now) == "never"
-    assert ops.when(now - timedelta(days=3, hours=4), now) == "2026-11-24T06:00:00Z (3d 4h ago)"
+    assert render.iso(now) == "2026-11-27T10:00:00Z"
+    assert render.ago(now - timedelta(minutes=3), now) == "3m ago"
+    assert render.ago(now - timedelta(hours=2, minutes=5), now) == "2h 5m ago"
+    assert render.ago(now + timedelta(seconds=45), now) == "in 45s"
+    assert render.ago(now, now) == "just now"
+    assert render.when(None, now) == "never"
+    assert render.when(now - timedelta(days=3, hours=4), now) == "2026-11-24T06:00:00Z (3d 4h ago)"
 
 
 def test_check_says_a_trigger_only_setup_may_page_twice(

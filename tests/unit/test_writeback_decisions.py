@@ -7,7 +7,7 @@ import os
 import pytest
 
 from daemon.config import load_settings
-from daemon.ops import check_writeback
+from daemon.ops.check import check_writeback
 from daemon.writeback import why_not_assign, written_already
 from tests.unit.test_config import rest_env
 
