@@ -305,11 +305,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         finally:
             if lock is not None:
                 lock.release()
-    handler = _OPS.get(cmd)
-    if handler is None:
-        print(f"unknown command {cmd!r}", file=sys.stderr)
-        return 2
-    return handler(args)
+    return _OPS[cmd](args)  # argparse admits only the commands above and these
 
 
 def _db(args: argparse.Namespace) -> int:

@@ -1,15 +1,12 @@
 """No import cycle in daemon/: the CLI imports the commands, never the other way round.
 
 ``daemon.cli`` is the entry point (only ``daemon.__main__`` imports it); what the commands
-share with it (loading the settings) lives in ``daemon.settings_load``. Each module must
-import alone, in a fresh interpreter, whatever imports it first.
+share with it (loading the settings) lives in ``daemon.settings_load``.
 """
 
 from __future__ import annotations
 
 import ast
-import subprocess
-import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -71,61 +68,3 @@ def test_no_cycle_among_the_imports_run_at_import_time() -> None:
 
     for name in graph:
         visit(name, [])
-
-
-# Imports the third-party modules daemon/ uses (slow: SQLAlchemy, alembic, ...), then forks
-# a child for each daemon module, a few at a time: each a fresh interpreter as far as daemon/
-# goes, at a fraction of the cost of starting one per module.
-ALONE = r"""
-import importlib, os, sys
-for name in sys.argv[1].split(","):
-    try:
-        importlib.import_module(name)
-    except Exception:
-        pass
-assert not [m for m in sys.modules if m == "daemon" or m.startswith("daemon.")]
-running, failed = {}, []
-for name in sys.argv[2].split(","):
-    if len(running) >= (os.cpu_count() or 2):
-        pid, status = os.wait()
-        if status:
-            failed.append(running[pid])
-        del running[pid]
-    pid = os.fork()
-    if pid == 0:
-        try:
-            importlib.import_module(name)
-        except BaseException as exc:
-            print(f"{name}: {type(exc).__name__}: {exc}", file=sys.stderr)
-            os._exit(1)
-        os._exit(0)
-    running[pid] = name
-while running:
-    pid, status = os.wait()
-    if status:
-        failed.append(running.pop(pid))
-    else:
-        del running[pid]
-print(",".join(failed))
-"""
-
-
-def test_every_module_imports_alone() -> None:
-    third_party = sorted(
-        {
-            name
-            for path in MODULES.values()
-            for name in imported(ast.parse(path.read_text()))
-            if name.split(".")[0] != "daemon"
-        }
-    )
-    modules = sorted(MODULES.keys() - {"daemon.__main__"})  # __main__ runs the CLI
-    done = subprocess.run(
-        [sys.executable, "-c", ALONE, ",".join(third_party), ",".join(modules)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "", f"cannot be imported alone: {done.stdout}\n{done.stderr}"
