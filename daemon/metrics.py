@@ -14,6 +14,12 @@ What each series answers for the person on call:
 * ``ixm_poll_lag_beyond_overlap_seconds`` - the same lag less ``IXM_OVERLAP`` (never below
   0): about 0 to one poll interval when healthy, whatever the overlap is set to, so a plain
   threshold (say, 5 poll intervals) reads it right. Alert on this one.
+* ``ixm_poll_settled_lag_seconds`` - how far behind now the settle read is (now - the
+  settled mark, state ``settle``): everything modified before the mark was read again after
+  its overlap had passed, so a save committed up to ``IXM_OVERLAP`` late is on the record.
+  Healthy: about overlap + one or two poll intervals; it grows while more rows change a
+  poll than the settle read fits beside them (it catches up when the load drops, and a
+  finished reconcile sweep moves the mark up to where the sweep began less the overlap).
 * ``ixm_last_successful_poll_timestamp_seconds`` - for "no successful poll in N minutes"
   alerts that survive restarts of Prometheus (``time() - metric``).
 * ``ixm_cycle_duration_seconds{kind}`` - poll / baseline / reconcile durations.
@@ -27,6 +33,7 @@ What each series answers for the person on call:
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
@@ -84,6 +91,13 @@ class Metrics:
             "ixm_poll_lag_beyond_overlap_seconds",
             "Seconds the poll watermark trails beyond the deliberate IXM_OVERLAP "
             "(healthy: under a poll interval or two); alert on this, not on ixm_poll_lag_seconds",
+            registry=r,
+        )
+        self.poll_settled_lag = Gauge(
+            "ixm_poll_settled_lag_seconds",
+            "Seconds between now and the settled mark: changes older than it were read again "
+            "after IXM_OVERLAP, so late commits up to the overlap are caught (healthy: about "
+            "overlap + a poll interval or two)",
             registry=r,
         )
         self.cycle_duration = Histogram(
@@ -170,6 +184,7 @@ class Metrics:
         self.last_ok_poll.set(now.timestamp())
         if result.watermark_after is not None:
             self._set_lag((now - result.watermark_after).total_seconds())
+        self._set_settled_lag(result.settle_after, now)
 
     def observe_delivery(self, result: DeliveryResult, store: Store | None = None) -> None:
         """One deliverer round.
@@ -235,6 +250,20 @@ class Metrics:
             except ValueError:
                 return
             self._set_lag((self.now() - watermark).total_seconds())
+        self._set_settled_lag(unit.get_state("settle"), self.now())
+
+    def _set_settled_lag(self, raw: str | None, now: datetime) -> None:
+        """From the poller's ``settle`` state (JSON, its ``at`` the settled mark); an
+        absent or unreadable one leaves the gauge as it is."""
+        if not raw:
+            return
+        from daemon.timeutil import parse_utc
+
+        try:
+            at = parse_utc(str(json.loads(raw)["at"]))
+        except (ValueError, KeyError, TypeError):
+            return
+        self.poll_settled_lag.set(max(0.0, (now - at).total_seconds()))
 
     def _set_lag(self, lag_s: float) -> None:
         self.poll_lag.set(max(0.0, lag_s))

@@ -185,6 +185,8 @@ def test_write_back_passes_run_back_to_back_and_notes_go_out_at_once(
             time.sleep(0.05)
         assert any("on my way" in str(n["NotesBody"]) for n in sims.ivanti.notes(rec))
         assert svc.metrics.writeback_lag._value.get() >= 0  # published by the loop
+        # the settled mark trails the newest read by at least the overlap (60 s default)
+        assert svc.metrics.poll_settled_lag._value.get() >= svc.settings.poll.overlap
         assert threading.active_count() > 1
     finally:
         stop.set()

@@ -188,3 +188,23 @@ def test_lag_beyond_overlap_is_what_a_threshold_should_watch() -> None:
     assert got[("ixm_poll_lag_beyond_overlap_seconds", ())] == 15
     m.observe_poll(PollResult(kind="poll", watermark_after=NOW - timedelta(seconds=30)), 0.1)
     assert samples(m)[("ixm_poll_lag_beyond_overlap_seconds", ())] == 0
+
+
+def test_settled_lag_is_now_less_the_settled_mark(store: Store) -> None:
+    """ixm_poll_settled_lag_seconds: how far behind now the settle read has made rows final,
+    from the poll's result and, after a restart or on a standby, from the state DB."""
+    m = Metrics(now=lambda: NOW, overlap=60.0)
+    settle = '{"at": "2026-11-27T09:58:30Z", "after": null, "limit": "2026-11-27T09:59:00Z"}'
+    m.observe_poll(PollResult(kind="poll", settle_after=settle), 0.1)
+    assert samples(m)[("ixm_poll_settled_lag_seconds", ())] == 90
+    m.observe_poll(PollResult(kind="poll", settle_after="not json"), 0.1)
+    assert samples(m)[("ixm_poll_settled_lag_seconds", ())] == 90  # unreadable: left as it was
+    with store.unit() as u:
+        u.set_state(
+            "settle",
+            '{"at": "2026-11-27T09:55:00Z", "after": 7, "limit": "2026-11-27T09:59:00Z"}',
+            NOW,
+        )
+    with store.unit() as u:
+        m.refresh_from_db(u)
+    assert samples(m)[("ixm_poll_settled_lag_seconds", ())] == 300
