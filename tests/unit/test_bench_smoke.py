@@ -109,7 +109,7 @@ def test_per_size_figures(smoke: tuple[dict[str, Any], str]) -> None:
     assert ours["baseline"]["requests"] >= 11  # 1,000 open incidents, 100 per page
     assert ours["reconcile"]["requests"] >= 11 and ours["reconcile"]["changes"] == 0
     phases = ours["memory"]["peak_rss_by_phase_bytes"]
-    assert set(phases) == {"baseline", "cycles", "reconcile", "latency"}
+    assert set(phases) == {"baseline", "cycles", "mixes", "reconcile", "latency"}
     assert ours["memory"]["peak_rss_bytes"] == max(phases.values())
     assert ours["db"]["after_baseline_per_1000_incidents"] > 0
     assert size["naive"]["first_scan"]["rows"] == 1000
@@ -152,3 +152,20 @@ def test_summarize_means_and_kinds() -> None:
     assert out["xm_seconds_at_default_rate"] == pytest.approx(2 / bench.DEFAULT_XM_RATE)
     assert out["detect_commit_per_s"] == pytest.approx(400 / 0.1)
     assert out["poll_throughput_per_s"] == pytest.approx(400 / 0.2)
+
+
+def test_each_mix_has_the_raw_floor_of_the_same_pages(smoke: tuple[dict[str, Any], str]) -> None:
+    report, _ = smoke
+    mixes = report["sizes"]["1000"]["ours"]["mixes"]
+    assert set(mixes) == set(bench.MIXES)
+    for mix in mixes.values():
+        floor = mix["floor"]
+        assert floor["seeded_incidents"] >= 1000  # the tenant, copied from the daemon's DB
+        assert floor["pages"] >= mix["cycles"]  # every measured poll read a page at least
+        # the floor writes what changed on those pages: the cycle's edits (settle re-reads
+        # are not written), as the daemon commits them
+        assert floor["rows_written"] == mix["changes"] * mix["cycles"]
+        assert _number(floor["per_s"]) and floor["per_s"] > 0
+        assert _number(mix["daemon_over_floor"]) and mix["daemon_over_floor"] > 0
+    assert any("raw floor" in t["target"] for t in report["targets"])
+    assert "raw floor" in bench.render_floor(report)
