@@ -33,7 +33,6 @@ What each series answers for the person on call:
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
@@ -253,17 +252,13 @@ class Metrics:
         self._set_settled_lag(unit.get_state("settle"), self.now())
 
     def _set_settled_lag(self, raw: str | None, now: datetime) -> None:
-        """From the poller's ``settle`` state (JSON, its ``at`` the settled mark); an
+        """From the poller's ``settle`` state (its ``at`` is the settled mark); an
         absent or unreadable one leaves the gauge as it is."""
-        if not raw:
-            return
-        from daemon.timeutil import parse_utc
+        from daemon.poller import Settle
 
-        try:
-            at = parse_utc(str(json.loads(raw)["at"]))
-        except (ValueError, KeyError, TypeError):
-            return
-        self.poll_settled_lag.set(max(0.0, (now - at).total_seconds()))
+        settle = Settle.parse(raw) if raw else None
+        if settle is not None:
+            self.poll_settled_lag.set(max(0.0, (now - settle.at).total_seconds()))
 
     def _set_lag(self, lag_s: float) -> None:
         self.poll_lag.set(max(0.0, lag_s))

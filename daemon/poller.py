@@ -183,17 +183,25 @@ class Settle:
         """The stored state; without one (a state DB from before it), everything from
         the cursor on is unsettled and nothing more is final yet."""
         if raw:
-            try:
-                data = json.loads(raw)
-                after = data.get("after")
-                return Settle(
-                    parse_utc(str(data["at"])),
-                    int(after) if after is not None else None,
-                    parse_utc(str(data["limit"])),
-                )
-            except (ValueError, KeyError, TypeError, AttributeError):
-                log_event(log, logging.WARNING, "unreadable settle state; settling from the cursor")
+            found = Settle.parse(raw)
+            if found is not None:
+                return found
+            log_event(log, logging.WARNING, "unreadable settle state; settling from the cursor")
         return Settle(_floor(cursor), None, _floor(cursor))
+
+    @staticmethod
+    def parse(raw: str) -> Settle | None:
+        """The stored state; None when it cannot be read."""
+        try:
+            data = json.loads(raw)
+            after = data.get("after")
+            return Settle(
+                parse_utc(str(data["at"])),
+                int(after) if after is not None else None,
+                parse_utc(str(data["limit"])),
+            )
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return None
 
 
 @dataclass(frozen=True)
