@@ -120,8 +120,16 @@ class TcpProxy:
 
 
 def _reset(s: socket.socket) -> None:
-    """Close with an RST (SO_LINGER 0), as a dead peer's kernel answers."""
+    """Close with an RST (SO_LINGER 0), as a dead peer's kernel answers.
+
+    ``shutdown`` first: on Linux a ``close`` from this thread neither wakes the pump
+    blocked in ``recv`` on the same socket nor ends the connection while that call holds
+    it, so the daemon's side stayed open with nobody behind it, and its next query
+    waited for ever (the "psycopg hangs after a restart" that only the proxied tests saw).
+    """
     with contextlib.suppress(OSError):
         s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    with contextlib.suppress(OSError):
+        s.shutdown(socket.SHUT_RDWR)
     with contextlib.suppress(OSError):
         s.close()

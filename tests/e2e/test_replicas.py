@@ -380,13 +380,6 @@ def test_the_database_goes_away_under_every_replica(three: Replicas, live_sims: 
     )
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="intermittent (about 1 run in 4 under load): after the restart a write-back "
-    "thread can wait for ever inside psycopg's Connection.wait during the pool's pre-ping "
-    "(SELECT 1), while the server shows no backend busy for it; connect_timeout and TCP "
-    "keepalives do not reach that wait. Under investigation; the poll and the lease go on.",
-)
 def test_the_database_restarts(three: Replicas, live_sims: SimPair) -> None:
     """A real restart of the PostgreSQL cluster (``pg_ctl restart -m fast``: every
     session ended, connections refused until it is back) with a trigger in flight and
