@@ -41,27 +41,24 @@ def fail(args: argparse.Namespace, message: str, code: int = 1, **extra: Any) ->
 
 def read(args: argparse.Namespace, work: Callable[[Store, Unit, Settings], int]) -> int:
     """``work`` in a transaction that is rolled back: it only reads."""
-    settings = load(args, require_targets=False)
-    try:
-        store = open_store(settings)
-    except NoDatabase as exc:
-        return fail(args, str(exc))
-    try:
-        with store.unit(rollback=True) as u:
-            return work(store, u, settings)
-    finally:
-        store.close()
+    return _in_unit(args, work, rollback=True)
 
 
 def write(args: argparse.Namespace, work: Callable[[Unit], int]) -> int:
     """One short transaction; ``work`` refuses (non-zero) before changing anything."""
+    return _in_unit(args, lambda _store, u, _settings: work(u), rollback=False)
+
+
+def _in_unit(
+    args: argparse.Namespace, work: Callable[[Store, Unit, Settings], int], *, rollback: bool
+) -> int:
     settings = load(args, require_targets=False)
     try:
         store = open_store(settings)
     except NoDatabase as exc:
         return fail(args, str(exc))
     try:
-        with store.unit() as u:
-            return work(u)
+        with store.unit(rollback=rollback) as u:
+            return work(store, u, settings)
     finally:
         store.close()
