@@ -571,6 +571,9 @@ class IvantiSimulator(SimServer):
         self.add_route("PUT", key, self._update_incident, "incidents.update")
         self.add_route("PATCH", key, self._update_incident, "incidents.update")
         self.add_route("GET", bo + r"/journal__notess", self._query_notes, "notes.query")
+        # $metadata lives outside businessobject, by graph name (ivanti-api.md §0)
+        meta = api + r"/odata/(?P<graph>(?!businessobject/)[A-Za-z_]+)/\$metadata"
+        self.add_route("GET", meta, self._metadata, "metadata")
         p = CONTROL_PREFIX
         for method, pattern, handler in (
             ("POST", "incidents", self._ctl_create),
@@ -762,6 +765,44 @@ class IvantiSimulator(SimServer):
     # ----- queries -------------------------------------------------------------------
     def _query_incidents(self, req: Request, m: re.Match[str]) -> Response:
         return self._query(req, m, _Collection(self._incidents, "incidents"))
+
+    def _metadata(self, req: Request, m: re.Match[str]) -> Response:
+        """``/api/odata/{graph}/$metadata``: the graph's entity type as CSDL XML (the
+        reference names the namespace only, so the type and schema names here are the
+        simulator's own). Asked for as JSON it fails with 500, as measured; an unknown
+        graph name answers 200 with an invented entity type without fields."""
+        self._authenticate(req)
+        if "application/json" in (req.header("Accept") or "").lower():
+            return Response(
+                500,
+                b"Unhandled system exception: {&quot;error&quot;:{&quot;code&quot;:"
+                b"&quot;500&quot;,&quot;message&quot;:&quot;An error has occurred.&quot;}}",
+                {"Content-Type": "text/html; charset=utf-8"},
+            )
+        graph = m["graph"]
+        table = {"incidents": self._incidents, "journal__notess": self._notes}.get(graph.lower())
+        name = graph[:1].upper() + graph[1:].removesuffix("s")
+        props, key = "", ""
+        if table is not None:
+            edm = {
+                TXT: "Edm.String",
+                INT: "Edm.Int32",
+                BOOL: "Edm.Boolean",
+                DTM: "Edm.DateTimeOffset",
+            }
+            props = "".join(
+                f'<Property Name="{c.name}" Type="{edm[c.type]}"/>' for c in table.columns
+            )
+            key = '<Key><PropertyRef Name="RecId"/></Key>'
+        xml = (
+            '<?xml version="1.0" encoding="utf-8"?>'
+            '<edmx:Edmx Version="4.0" xmlns:edmx="http://docs.oasis-open.org/odata/ns/edmx">'
+            "<edmx:DataServices>"
+            f'<Schema Namespace="Ivanti.{name}" xmlns="http://docs.oasis-open.org/odata/ns/edm">'
+            f'<EntityType Name="{name}">{key}{props}</EntityType>'
+            "</Schema></edmx:DataServices></edmx:Edmx>"
+        )
+        return Response(200, xml.encode(), {"Content-Type": "application/xml; charset=utf-8"})
 
     def _query_notes(self, req: Request, m: re.Match[str]) -> Response:
         return self._query(req, m, _Collection(self._notes, "journal__notess"))

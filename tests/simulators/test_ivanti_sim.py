@@ -814,3 +814,29 @@ def test_control_routes_need_no_auth(sim: IvantiSimulator) -> None:
     assert sim.request_counts() == {}
     with pytest.raises(KeyError):
         sim.incident(rec)
+
+
+def test_metadata_lives_by_graph_name_outside_businessobject(sim: IvantiSimulator) -> None:
+    """ivanti-api.md §0: ``/api/odata/incidents/$metadata`` is CSDL XML; the service
+    roots answer 404 ISM_4004; JSON asked for turns it into a 500; an unknown graph name
+    still answers 200, with a field-less entity type."""
+    import xml.etree.ElementTree as ET
+
+    edm = "{http://docs.oasis-open.org/odata/ns/edm}"
+    with client(sim) as c:
+        got = c.get("/api/odata/incidents/$metadata")
+        assert got.status_code == 200 and got.headers["content-type"].startswith("application/xml")
+        (entity,) = ET.fromstring(got.content).iter(f"{edm}EntityType")
+        props = {p.get("Name"): p.get("Type") for p in entity.iter(f"{edm}Property")}
+        assert props["RecId"] == "Edm.String" and props["IncidentNumber"] == "Edm.Int32"
+        assert props["LastModDateTime"] == "Edm.DateTimeOffset"
+        for root in ("/api/odata/businessobject/$metadata", "/api/odata/$metadata"):
+            ivanti_error(c.get(root), 404, "ISM_4004")
+        as_json = c.get("/api/odata/incidents/$metadata", headers={"Accept": "application/json"})
+        assert as_json.status_code == 500 and "Unhandled system exception" in as_json.text
+        unknown = c.get("/api/odata/nosuchthings/$metadata")
+        assert unknown.status_code == 200
+        (entity,) = ET.fromstring(unknown.content).iter(f"{edm}EntityType")
+        assert list(entity.iter(f"{edm}Property")) == []
+    with client(sim, auth=None) as c:
+        assert c.get("/api/odata/incidents/$metadata").status_code == 401

@@ -15,7 +15,12 @@ simulator differs. Each client gets the simulator's base URL and nothing else.
   insightconnect-plugins ``ivanti_service_manager``, netskope ``ivanti_itsm``, the n8n
   nodes, tyrunasj/ivanti-mcp-standalone) are plugins of their own frameworks or not
   Python, none is published to PyPI, and a git dependency cannot install here (pip
-  reaches PyPI only). The Ivanti simulator keeps its own tests (test_ivanti_sim.py).
+  reaches PyPI only). Generic OData v4 clients on PyPI (``python-odata``, ``pyodata``)
+  read ``$metadata`` at the service root, ``/api/odata/businessobject/$metadata``, which
+  a real tenant answers 404 ISM_4004 (ivanti-api.md §0: it lives at
+  ``/api/odata/incidents/$metadata``), so none drives a real tenant unchanged either;
+  a simulator that let one would be kinder than Ivanti. The Ivanti simulator keeps its
+  own tests (test_ivanti_sim.py), ``$metadata`` by graph name among them.
 
 Calls a client makes that fail for a reason of the simulator's that belongs to another
 piece of work are marked xfail with that reason (not strict: they pass once it is done).
