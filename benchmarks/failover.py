@@ -21,9 +21,9 @@ test: it prints figures and writes ``benchmarks/results/failover.json``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -44,6 +44,7 @@ from daemon.lease import Leadership  # noqa: E402
 from daemon.simulators.clock import SimClock  # noqa: E402
 from daemon.simulators.harness import SimPair  # noqa: E402
 from daemon.store import Store  # noqa: E402
+from tests.e2e.daemons import Daemon  # noqa: E402
 from tests.pgdatabase import throwaway_database  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "failover.json"
@@ -58,42 +59,12 @@ def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
         time.sleep(0.02)
 
 
-class Replica:
-    def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.env, self.log = env, log
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "daemon", "--env-file", os.devnull, "run"],
-                env=self.env,
-                cwd=ROOT,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
-def _leader(store: Store, replicas: Sequence[Replica]) -> Replica | None:
+def _leader(store: Store, replicas: Sequence[Daemon]) -> Daemon | None:
     lease = store.read_lease()
     if lease is None or lease.expires_at <= lease.now:
         return None
     for r in replicas:
-        if r.proc is not None and r.proc.poll() is None and f" pid {r.pid} " in lease.holder:
+        if r.proc is not None and r.alive() and f" pid {r.proc.pid} " in lease.holder:
             return r
     return None
 
@@ -173,7 +144,7 @@ def run(admin_url: str, *, trials: int, poll: float, replicas: int, idle: float)
         }
         env.update(sims.daemon_env(url))
         env.update({"IXM_POLL_INTERVAL": f"{poll:g}", "IXM_LOG_LEVEL": "INFO"})
-        fleet = [Replica(env, Path(tmp) / f"r{i}.log") for i in range(replicas)]
+        fleet = [Daemon(env, Path(tmp) / f"r{i}.log") for i in range(replicas)]
         store = Store(url)  # migrates: the replicas start on a ready schema
         admin = create_engine(url, poolclass=NullPool)
         try:
@@ -190,8 +161,7 @@ def run(admin_url: str, *, trials: int, poll: float, replicas: int, idle: float)
                 leader = _leader(store, fleet)
                 assert leader is not None and leader.proc is not None
                 killed_at = datetime.now(UTC)
-                leader.proc.send_signal(signal.SIGKILL)
-                leader.proc.wait()
+                leader.kill9()
                 _wait(
                     lambda old=leader, since=killed_at: (
                         (_leader(store, fleet) not in (None, old))
@@ -203,20 +173,25 @@ def run(admin_url: str, *, trials: int, poll: float, replicas: int, idle: float)
                 first = _first_poll_after(store, killed_at)
                 assert first is not None
                 times.append((first - killed_at).total_seconds())
-                leader.start()  # back as a standby
+                leader.start()  # back as a standby, once its first lease try is on record
                 _wait(
-                    lambda: all(r.proc is not None and r.proc.poll() is None for r in fleet),
-                    10,
-                    "the restart",
+                    lambda old=leader: (
+                        old.proc is not None
+                        and any(rep.pid == old.proc.pid for rep in store.read_replicas()[0])
+                    ),
+                    10 * poll + 30,
+                    "the restarted replica's first lease try",
                 )
-                time.sleep(poll)  # the restarted one has made its first lease try
             # the cost of the lease, everything idle
             w0, c0, t0 = _table_writes(admin), _commits(admin), time.monotonic()
             time.sleep(idle)
             w1, c1, t1 = _table_writes(admin), _commits(admin), time.monotonic()
         finally:
             for r in fleet:
-                r.stop()
+                if r.alive():
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        r.terminate()
+                r.cleanup()
             admin.dispose()
             store.close()
         statements = _statements(url)
