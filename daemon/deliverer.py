@@ -207,7 +207,7 @@ class Deliverer:
         self.now = now
         self.rng = rng or random.Random()
         self._last_round: datetime | None = None
-        self._recid_name = ""  # the RecId spelling that last found events
+        self._recid_name = ""  # the RecId spelling that found events (the tenant's)
 
     # ----- public ------------------------------------------------------------------------
     def run_once(self, *, max_actions: int = 200) -> DeliveryResult:
@@ -594,14 +594,13 @@ class Deliverer:
         Whether the ``propertyName`` filter wants ``RecId#en`` or plain ``RecId`` is an
         open question (xmatters-api.md §9.4), and a name the tenant does not know finds
         nothing rather than failing. So each configured spelling is tried in turn until
-        one finds events, and that one is used first from then on. Events whose RecId
-        property says otherwise are dropped, in case a tenant ignores an unknown filter.
+        one finds events, and from then on that one alone: it is the tenant's spelling, and
+        an incident without events would otherwise cost a request for every other one.
+        Events whose RecId property says otherwise are dropped, in case a tenant ignores an
+        unknown filter.
         """
         xm = self._require_xm()
-        names = list(self.cfg.recid_properties)
-        if self._recid_name in names:
-            names.remove(self._recid_name)
-            names.insert(0, self._recid_name)
+        names = [self._recid_name] if self._recid_name else self.cfg.recid_properties
         for name in names:
             events = [
                 e

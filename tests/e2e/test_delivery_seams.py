@@ -383,3 +383,36 @@ def test_a_session_login_that_keeps_failing_backs_off(
         assert not svc.cycle().ok
         tick(sims)
     assert len(sims.ivanti.requests("login")) == 1
+
+
+# ----- event look-ups by RecId: the tenant's spelling, once known, alone -------------------
+
+
+@pytest.mark.parametrize("reading", ["plain", "suffixed"])
+def test_event_lookups_use_the_spelling_that_found_events_alone(
+    make_service: MakeService, sims: SimPair, reading: str
+) -> None:
+    """Whether xMatters' property filter wants ``RecId`` or ``RecId#en`` is open
+    (XMATTERS_RECID_PROPERTY tries both). Once one has found events it is the tenant's,
+    so looking up an incident that has none costs one request, not one per spelling.
+    (Direct mode: each page first ends the incident's live events, found by RecId.)"""
+    sims.xmatters.property_filter = reading
+    svc = started(make_service, sims, mode="direct")
+    first = sims.ivanti.create_incident(Priority="1", OwnerTeam=NET)["RecId"]
+    svc.cycle()
+    tick(sims)
+    sims.ivanti.edit_incident(first, OwnerTeam=DB)  # Reassigned: ends the first event
+    svc.cycle()
+    assert [e["status"] for e in sims.xmatters.events(first)] == ["TERMINATED", "ACTIVE"]
+    tick(sims)
+    sims.xmatters.clear_requests()
+    second = sims.ivanti.create_incident(Priority="1", OwnerTeam=DB)["RecId"]
+    svc.cycle()
+    assert len(sims.xmatters.live_events(second)) == 1
+    lookups = [
+        r.query
+        for r in sims.xmatters.requests()
+        if r.method == "GET" and f"propertyValue={second}" in r.query
+    ]
+    want = "propertyName=RecId%23en&" if reading == "suffixed" else "propertyName=RecId&"
+    assert len(lookups) == 1 and want in lookups[0] + "&", lookups
