@@ -10,6 +10,8 @@ workflow payload's ``OwnerTeam`` (the workflow targets the group named there).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from daemon.domain import ActionKind, PlannedAction, Policy, Snapshot, Transition, Verdict
 from daemon.rules import TeamMap
 from daemon.snapshot import workflow_payload
@@ -41,6 +43,14 @@ def recipient_for(cur: Snapshot, teams: TeamMap | None = None) -> dict[str, str]
         return {"id": cur.owner, "recipientType": "PERSON"}
     group = teams.group_for(cur.owner_team) if teams is not None else cur.owner_team
     return {"id": group, "recipientType": "GROUP"}
+
+
+def recipient_key(recipient: object) -> str | None:
+    """A planned page's recipient as the outbox keys it for flood control
+    (``type:id``, casefolded); None when the payload names none."""
+    if isinstance(recipient, Mapping):
+        return f"{recipient.get('recipientType', '')}:{recipient.get('id', '')}".casefold()
+    return None
 
 
 def _page(transition: Transition, cur: Snapshot, teams: TeamMap | None) -> PlannedAction:

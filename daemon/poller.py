@@ -90,7 +90,7 @@ from daemon.domain import ActionKind, PlannedAction, Policy, Snapshot, Transitio
 from daemon.ivanti import IvantiClient, odata_quote
 from daemon.logs import log_event
 from daemon.models import Change, Incident
-from daemon.planner import plan
+from daemon.planner import plan, recipient_key
 from daemon.rules import holding_window
 from daemon.snapshot import MalformedRecord, parse_incident, snapshot_from_json
 from daemon.store import IncidentState, Store, Unit
@@ -1125,7 +1125,7 @@ class _PageWrites:
             payload=dict(action.payload),
             reason=action.reason,
             now=self.now,
-            recipient=_recipient_key(action.payload.get("recipient")),
+            recipient=recipient_key(action.payload.get("recipient")),
         )
         self.actions.append((change, values))
 
@@ -1296,9 +1296,3 @@ def _as_if_assigned(
         ):
             return served.with_changes(owner=stored.owner, status=stored.status)
     return served
-
-
-def _recipient_key(recipient: object) -> str | None:
-    if isinstance(recipient, Mapping):
-        return f"{recipient.get('recipientType', '')}:{recipient.get('id', '')}".casefold()
-    return None

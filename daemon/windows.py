@@ -18,12 +18,11 @@ second leader never pages twice.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from datetime import datetime
 
 from daemon.domain import ActionKind, PlannedAction, Policy, Transition, TransitionKind, Verdict
 from daemon.models import Change, Incident, WindowHold
-from daemon.planner import plan
+from daemon.planner import plan, recipient_key
 from daemon.rules import holding_window
 from daemon.store import Unit
 from daemon.timeutil import iso_utc
@@ -138,17 +137,10 @@ def queue_page(
         reason=reason,
         now=now,
         change_id=change.id,
-        recipient=_recipient_key(action.payload.get("recipient")),
+        recipient=recipient_key(action.payload.get("recipient")),
     )
     row.alerting = True
     # as the rules in use judge it (the deliverer sends a page only while it is critical;
     # a row saved under older rules may say otherwise)
     row.critical = policy.critical(snap)
     return action, queued.id
-
-
-def _recipient_key(recipient: object) -> str | None:
-    """As the poller keys a page's recipient for flood control (``poller._recipient_key``)."""
-    if isinstance(recipient, Mapping):
-        return f"{recipient.get('recipientType', '')}:{recipient.get('id', '')}".casefold()
-    return None
