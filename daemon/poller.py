@@ -1183,9 +1183,7 @@ class _PageWrites:
         return state
 
     def write(self, u: Unit) -> None:
-        ids = u.insert_changes(
-            self.changes, need_id=[i for i, _ in self.actions] + [i for i, _ in self.holds]
-        )
+        ids = u.insert_changes(self.changes)
         u.insert_actions([{**values, "change_id": ids[i]} for i, values in self.actions])
         u.insert_holds([{**values, "change_id": ids[i]} for i, values in self.holds])
         u.insert_incidents(list(self.inserts.values()))
