@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from daemon import timeutil
 from daemon.timeutil import iso_utc, odata_datetime_literal, parse_ivanti_datetime, parse_utc
 
 
@@ -53,6 +54,7 @@ def test_unset_values_and_the_year_one_sentinel_are_none(value: object) -> None:
         "2026-02-30T00:00:00Z",
         "2026-11-27T10:15:30",  # no offset: refusing to guess the zone
         "2026-11-27T10:15:30+25:00",
+        "2026-11-27T10:15:30-05:75",  # fromisoformat alone would read it as -06:15
         12345,
         ["2026-11-27T10:15:30Z"],
     ],
@@ -124,3 +126,53 @@ def test_odata_literal_never_later_than_the_value(dt: datetime) -> None:
 @given(aware)
 def test_ivanti_parse_of_isoformat_output(dt: datetime) -> None:
     assert parse_ivanti_datetime(dt.isoformat()) == dt
+
+
+def _text(parts: tuple[str, ...]) -> str:
+    return "".join(parts)
+
+
+# Strings of the shape the pattern admits, valid or not: any separator, seconds or none,
+# fractions of 1 to 9 digits, every offset spelling (some out of range), odd whitespace.
+iso_like = st.tuples(
+    st.sampled_from(["", " "]),
+    st.integers(0, 9999).map("{:04d}".format),
+    st.sampled_from(["-01-", "-02-", "-12-", "-13-", "-00-"]),
+    st.sampled_from(["01", "28", "29", "31", "32"]),
+    st.sampled_from(["T", "t", " "]),
+    st.sampled_from(["00", "09", "23", "24"]),
+    st.sampled_from([":00", ":59", ":60"]),
+    st.one_of(  # seconds, with or without a fraction, or none
+        st.just(""),
+        st.tuples(
+            st.sampled_from([":00", ":30", ":59", ":60"]),
+            st.sampled_from(["", ".1", ",5", ".123", ".123456", ".1234567", ".999999999"]),
+        ).map(_text),
+    ),
+    st.sampled_from(
+        ["Z", "z", "+00:00", "-07:00", "+0530", "+05", "-23:59", "+24:00", "+23:59", "+1400"]
+    ),
+    st.sampled_from(["", " ", "\n"]),
+).map(_text)
+
+
+@given(iso_like)
+def test_the_fast_parse_reads_every_admitted_string_as_the_field_by_field_build(
+    text: str,
+) -> None:
+    """``_parse`` hands the common case to ``datetime.fromisoformat``: wherever it
+    answers, the answer is the one the field-by-field build gives, and a string
+    either rejects, both reject."""
+    match = timeutil._ISO_RE.match(text)
+    assert match is not None
+    try:
+        built: datetime | None = timeutil._build(text, match)
+    except ValueError:
+        built = None
+    try:
+        parsed = timeutil._parse(text, year_one_is_none=False)
+    except ValueError:
+        parsed = None
+    assert parsed == built
+    if parsed is not None:
+        assert parsed.tzinfo is UTC
