@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, Protocol, cast
 
@@ -104,25 +105,28 @@ class _Bulk:
             raise ValueError(f"{table.name}: columns with non-scalar defaults must be given")
         names = list(compiled.positiontup or compiled.binds)
         self.sql = compiled.string
-        self.positional = bool(compiled.positiontup)
-        self.keys = [compiled.escaped_bind_names.get(n, n) for n in names]
-        # (the row's key, its default if it has none, the bind processor)
-        self.params: list[tuple[str, Any, Callable[[Any], Any] | None]] = []
-        for name in names:
-            column = key if key is not None and name == "key_" + key else name
-            impl = compiled.binds[name].type.dialect_impl(dialect)
-            self.params.append((column, defaults.get(column), impl.bind_processor(dialect)))
+        self.keys = (
+            None if compiled.positiontup else [compiled.escaped_bind_names.get(n, n) for n in names]
+        )
+        self.defaults = defaults
+        # each parameter in the statement's order: the row's value (a getter in C for
+        # them all at once), then the bind processors of the types that have one
+        source = [key if key is not None and n == "key_" + key else n for n in names]
+        self.get = itemgetter(*source) if len(source) > 1 else lambda r: (r[source[0]],)
+        self.procs: list[tuple[int, Callable[[Any], Any]]] = []
+        for i, name in enumerate(names):
+            proc = compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect)
+            if proc is not None:
+                self.procs.append((i, proc))
 
     def run(self, session: Session, rows: Sequence[Mapping[str, Any]]) -> None:
+        get, procs, defaults, keys = self.get, self.procs, self.defaults, self.keys
         out: list[Any] = []
         for row in rows:
-            values = [
-                (proc(row.get(name, dflt)) if proc is not None else row.get(name, dflt))
-                for name, dflt, proc in self.params
-            ]
-            out.append(
-                tuple(values) if self.positional else dict(zip(self.keys, values, strict=True))
-            )
+            values = list(get({**defaults, **row} if defaults else row))
+            for i, proc in procs:
+                values[i] = proc(values[i])
+            out.append(tuple(values) if keys is None else dict(zip(keys, values, strict=True)))
         session.connection().exec_driver_sql(self.sql, out)
 
 
