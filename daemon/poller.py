@@ -155,7 +155,7 @@ class PollResult:
 
 
 def _floor(dt: datetime) -> datetime:
-    return dt.replace(microsecond=0)
+    return dt.replace(microsecond=0) if dt.microsecond else dt  # (replace costs ~2 us)
 
 
 _SECOND = timedelta(seconds=1)
@@ -285,6 +285,17 @@ class _Read:
     at_newest: int = 0  # rows read in the newest one's second
     first_date: datetime | None = None
     last_date: datetime | None = None
+    _second: datetime | None = None  # the newest one's second
+
+    def saw(self, last_mod: datetime) -> None:
+        """A row read: the newest LastModDateTime, and how many share its second."""
+        second = _floor(last_mod)
+        if self._second is None or second > self._second:
+            self.newest, self._second, self.at_newest = last_mod, second, 1
+        elif second == self._second:
+            self.at_newest += 1
+            if self.newest is None or last_mod > self.newest:
+                self.newest = last_mod
 
 
 class Poller:
@@ -446,11 +457,7 @@ class Poller:
             if page.server_date is not None:
                 read.last_date = page.server_date
             for snap in self._commit_page(page.rows, result, "poll", False, dry_run):
-                if read.newest is None or _floor(snap.last_mod) > _floor(read.newest):
-                    read.newest, read.at_newest = snap.last_mod, 1
-                elif _floor(snap.last_mod) == _floor(read.newest):
-                    read.at_newest += 1
-                    read.newest = max(read.newest, snap.last_mod)
+                read.saw(snap.last_mod)
 
     def reconcile(self, *, dry_run: bool = False, baseline: bool = False) -> PollResult:
         """Re-read every open incident in scope and fix drift (level-triggered); the
