@@ -179,6 +179,22 @@ class LeaseState:
 # The delivery lane of an action: xMatters (pages, terminations) or Ivanti (notes).
 _LANE = case((OutboxAction.kind == "note", "ivanti"), else_="xmatters")
 
+# Statements each page runs, built once (building and keying one per call cost about as
+# much as running it): what is stored of given incidents, and their queued notes.
+_STATES = select(
+    Incident.rec_id,
+    Incident.last_mod,
+    Incident.deleted,
+    Incident.alerting,
+    Incident.own_write_at,
+    Incident.snapshot,
+).where(Incident.rec_id.in_(bindparam("ids", expanding=True)))
+_NOTES_PENDING = select(OutboxAction.rec_id, OutboxAction.payload).where(
+    OutboxAction.state == "pending",
+    OutboxAction.kind == "note",
+    OutboxAction.rec_id.in_(bindparam("ids", expanding=True)),
+)
+
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 _BEGIN_OPTION = "ixm_sqlite_begin"
 
@@ -560,17 +576,12 @@ class Unit:
         """The stored state of each given incident that exists (one select per 500)."""
         ids = list(set(rec_ids))
         out: dict[str, IncidentState] = {}
-        cols = (
-            Incident.rec_id,
-            Incident.last_mod,
-            Incident.deleted,
-            Incident.alerting,
-            Incident.own_write_at,
-            Incident.snapshot,
-        )
+        self.s.flush()  # (as Session.execute would: what this unit staged is seen)
+        conn = self.s.connection()
         for i in range(0, len(ids), 500):
-            q = select(*cols).where(Incident.rec_id.in_(ids[i : i + 500]))
-            for rec_id, last_mod, deleted, alerting, own_write_at, snapshot in self.s.execute(q):
+            for rec_id, last_mod, deleted, alerting, own_write_at, snapshot in conn.execute(
+                _STATES, {"ids": ids[i : i + 500]}
+            ):
                 out[rec_id] = IncidentState(
                     rec_id, last_mod, bool(deleted), bool(alerting), own_write_at, snapshot
                 )
@@ -663,7 +674,7 @@ class Unit:
             )
             ids = sorted(self.s.scalars(q, {"n": len(rows)}))
         else:
-            last = self.s.scalar(select(func.max(Change.id))) or 0
+            last = self.s.connection().exec_driver_sql("SELECT max(id) FROM changes").scalar() or 0
             ids = list(range(last + 1, last + 1 + len(rows)))
         _bulk(self.s, _CHANGES, [{**row, "id": i} for row, i in zip(rows, ids, strict=True)])
         return ids
@@ -767,12 +778,8 @@ class Unit:
         out: dict[str, list[dict[str, Any]]] = {}
         if not ids:
             return out
-        q = select(OutboxAction.rec_id, OutboxAction.payload).where(
-            OutboxAction.state == "pending",
-            OutboxAction.kind == "note",
-            OutboxAction.rec_id.in_(ids),
-        )
-        for rec_id, payload in self.s.execute(q):
+        self.s.flush()
+        for rec_id, payload in self.s.connection().execute(_NOTES_PENDING, {"ids": ids}):
             assign = (payload or {}).get("assign")
             if assign:
                 out.setdefault(rec_id, []).append(assign)
