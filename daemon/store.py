@@ -667,6 +667,7 @@ class Unit:
         change that pages; SQLite cannot tie a multi-row RETURNING to its rows."""
         if not rows:
             return []
+        self.s.flush()  # a change the ORM staged takes its id first
         if self.s.get_bind().dialect.name == "postgresql":
             q = text(
                 "SELECT nextval(pg_get_serial_sequence('changes', 'id')) "
