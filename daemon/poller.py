@@ -92,7 +92,7 @@ from daemon.logs import log_event
 from daemon.models import Change, Incident
 from daemon.planner import plan, recipient_key
 from daemon.rules import holding_window
-from daemon.snapshot import MalformedRecord, parse_incident, snapshot_from_json
+from daemon.snapshot import MalformedRecord, parse_incident
 from daemon.store import IncidentState, Store, Unit
 from daemon.timeutil import iso_utc, odata_datetime_literal, parse_ivanti_datetime, parse_utc
 from daemon.transitions import decide
@@ -888,15 +888,14 @@ class Poller:
             writes = _PageWrites(self.cfg.policy, now, baseline)
             for served in snaps:
                 state = stored.get(served.rec_id)
-                prev = (
-                    None if state is None or state.deleted else snapshot_from_json(state.snapshot)
-                )
+                prev = None if state is None or state.deleted else state.snapshot
                 # While the daemon's own Owner/Status write has not landed, Ivanti serves
                 # the values from before it, which the stored snapshot no longer has:
                 # judge the record as it will be once the write lands, so that only
                 # that difference is taken as the daemon's, and any other field a person
                 # saved (even in the same second) is still a change.
-                snap = _as_if_assigned(served, prev, assigning.get(served.rec_id, ()))
+                pending = assigning.get(served.rec_id, ())
+                snap = _as_if_assigned(served, prev, pending)
                 if (
                     state is not None
                     and prev is not None
@@ -937,7 +936,7 @@ class Poller:
                     and state is not None
                     and (
                         (state.own_write_at is not None and snap.last_mod == state.own_write_at)
-                        or _assignment_landed(assigning.get(snap.rec_id, ()), served)
+                        or (pending and _assignment_landed(pending, served))
                     )
                 ):
                     reason = f"the daemon's own write-back (note/Owner/Status): {reason}"
@@ -1176,9 +1175,7 @@ class _PageWrites:
                 "alerting": bool(alerting),
                 **values,
             }
-            return IncidentState(
-                rec_id, snap.last_mod, False, bool(alerting), None, values["snapshot"]
-            )
+            return IncidentState(rec_id, snap.last_mod, False, bool(alerting), None, snap)
         row.update(values)
         assert state is not None  # staged rows were seen earlier, so they have a state
         if alerting is not None:
@@ -1186,7 +1183,7 @@ class _PageWrites:
             state.alerting = alerting
         state.last_mod = snap.last_mod
         state.deleted = False
-        state.snapshot = values["snapshot"]
+        state.snapshot = snap
         return state
 
     def write(self, u: Unit) -> None:

@@ -34,6 +34,7 @@ WORKFLOW_KEYS: tuple[str, ...] = (
     "Type",
 )
 
+
 _REC_ID_RE = re.compile(r"^[0-9A-F]{32}$")
 _QUOTE_LIMIT = 60
 
@@ -245,3 +246,66 @@ def snapshot_from_json(d: Mapping[str, object]) -> Snapshot:
         last_mod_by=_stored_str(d, "last_mod_by") if "last_mod_by" in d else "",
         payload_fields=dict(fields),
     )
+
+
+class _Remembered:
+    """Stored snapshot text -> the snapshot it decodes to, for the texts this process
+    wrote or read last: two generations of at most ``size`` each; when the young one is
+    full it becomes the old one and the old one is dropped (a text looked up in the old
+    one moves back to the young one), so what was used lately stays and memory is
+    bounded. Threads may race on a turn: at worst a text is decoded again."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.young: dict[str, Snapshot] = {}
+        self.old: dict[str, Snapshot] = {}
+
+    def get(self, text: str) -> Snapshot | None:
+        snap = self.young.get(text)
+        if snap is None:
+            snap = self.old.get(text)
+            if snap is not None:
+                self.put(text, snap)
+        return snap
+
+    def put(self, text: str, snap: Snapshot) -> None:
+        if len(self.young) >= self.size:
+            self.old, self.young = self.young, {}
+        self.young[text] = snap
+
+    def clear(self) -> None:
+        self.young, self.old = {}, {}
+
+    def __len__(self) -> int:
+        return len(self.young) + len(self.old)
+
+
+# about 2,000 to 4,000 incidents' snapshots (a couple of MB)
+_TEXTS = _Remembered(2048)
+
+
+def snapshot_text(s: Snapshot) -> str:
+    """The text a snapshot is stored as (the JSON of ``snapshot_to_json``, as
+    SQLAlchemy's JSON type writes it), remembered so that reading it back is a lookup.
+
+    Remembering is safe because decoding is a pure function of the text: a remembered
+    text decodes to an equal snapshot (property-tested), and a text that is not
+    remembered is decoded. It is what makes a busy poll cheap: the stored copy of an
+    incident that changes is mostly one this process wrote.
+    """
+    text = json.dumps(snapshot_to_json(s))
+    _TEXTS.put(text, s)
+    return text
+
+
+def snapshot_from_text(text: str) -> Snapshot:
+    """Rebuild a snapshot from its stored text (``snapshot_text``); raises
+    ``ValueError`` naming the key if the record is damaged."""
+    snap = _TEXTS.get(text)
+    if snap is None:
+        stored = json.loads(text)
+        if not isinstance(stored, dict):
+            raise ValueError(f"stored snapshot is {_show(stored)}, expected a JSON object")
+        snap = snapshot_from_json(stored)
+        _TEXTS.put(text, snap)
+    return snap

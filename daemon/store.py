@@ -27,8 +27,10 @@ from pathlib import Path
 from typing import Any, Protocol, cast
 
 from sqlalchemy import (
+    JSON,
     Engine,
     Table,
+    Text,
     bindparam,
     case,
     create_engine,
@@ -41,6 +43,7 @@ from sqlalchemy import (
     text,
     update,
 )
+from sqlalchemy import cast as sa_cast
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql.schema import ScalarElementColumnDefault
@@ -60,7 +63,12 @@ from daemon.models import (
     WindowHold,
     XmEvent,
 )
-from daemon.snapshot import snapshot_from_json, snapshot_to_json
+from daemon.snapshot import (
+    snapshot_from_json,
+    snapshot_from_text,
+    snapshot_text,
+    snapshot_to_json,
+)
 
 # The tables the bulk writes use as Core tables: the ORM's bulk paths cost about as
 # much per row as building ORM objects.
@@ -84,9 +92,18 @@ class _Bulk:
     the rest of the diff (measured: 52 vs 27 ms for 1,000 incident updates, SQLite).
 
     Columns an inserted row leaves out take their scalar default; one whose default is
-    not a scalar cannot be left out (raised when the statement is compiled)."""
+    not a scalar cannot be left out (raised when the statement is compiled). The JSON
+    columns named in ``json_text`` are given as JSON text, stored as it is (SQLite keeps
+    the text; PostgreSQL casts it to json, which keeps it too)."""
 
-    def __init__(self, dialect: Dialect, table: Table, columns: tuple[str, ...], key: str | None):
+    def __init__(
+        self,
+        dialect: Dialect,
+        table: Table,
+        columns: tuple[str, ...],
+        key: str | None,
+        json_text: tuple[str, ...] = (),
+    ):
         defaults: dict[str, Any] = {}
         if key is None:  # an insert: what a row leaves out takes the column's default
             for c in table.columns:
@@ -95,6 +112,10 @@ class _Bulk:
         values: dict[str, Any] = {
             name: bindparam(name) for name in (*columns, *defaults) if name != key
         }
+        for name in json_text:
+            if name in values:
+                as_text = bindparam(name, type_=Text)
+                values[name] = as_text if dialect.name == "sqlite" else sa_cast(as_text, JSON)
         if key is None:
             stmt: Any = insert(table).values(values)
         else:
@@ -130,15 +151,21 @@ class _Bulk:
         session.connection().exec_driver_sql(self.sql, out)
 
 
-_BULK: weakref.WeakKeyDictionary[Dialect, dict[tuple[str, tuple[str, ...], str | None], _Bulk]]
+_Shape = tuple[str, tuple[str, ...], str | None, tuple[str, ...]]
+_BULK: weakref.WeakKeyDictionary[Dialect, dict[_Shape, _Bulk]]
 _BULK = weakref.WeakKeyDictionary()
 
 
 def _bulk(
-    session: Session, table: Table, rows: Sequence[Mapping[str, Any]], key: str | None = None
+    session: Session,
+    table: Table,
+    rows: Sequence[Mapping[str, Any]],
+    key: str | None = None,
+    json_text: tuple[str, ...] = (),
 ) -> None:
     """Insert ``rows`` into ``table`` (``key`` None) or update each row found by its
-    ``key`` column, in order, one executemany per run of rows that set the same columns."""
+    ``key`` column, in order, one executemany per run of rows that set the same columns
+    (``json_text``: see ``_Bulk``)."""
     dialect = session.get_bind().dialect
     compiled = _BULK.setdefault(dialect, {})
     start = 0
@@ -147,10 +174,10 @@ def _bulk(
         end = start + 1
         while end < len(rows) and tuple(rows[end]) == columns:
             end += 1
-        shape = (table.name, columns, key)
+        shape = (table.name, columns, key, json_text)
         bulk = compiled.get(shape)
         if bulk is None:
-            bulk = compiled[shape] = _Bulk(dialect, table, columns, key)
+            bulk = compiled[shape] = _Bulk(dialect, table, columns, key, json_text)
         bulk.run(session, rows[start:end])
         start = end
 
@@ -187,7 +214,7 @@ _STATES = select(
     Incident.deleted,
     Incident.alerting,
     Incident.own_write_at,
-    Incident.snapshot,
+    sa_cast(Incident.snapshot, Text),  # decoded by snapshot_from_text, mostly a lookup
 ).where(Incident.rec_id.in_(bindparam("ids", expanding=True)))
 _NOTES_PENDING = select(OutboxAction.rec_id, OutboxAction.payload).where(
     OutboxAction.state == "pending",
@@ -456,6 +483,26 @@ def _db_now(conn: Any) -> datetime:
     return datetime.now(UTC)
 
 
+def _incident_columns(
+    snap: Snapshot, policy: Policy, now: datetime, stored: object
+) -> dict[str, Any]:
+    """The incident columns a snapshot sets; ``stored`` is its ``snapshot`` value."""
+    return {
+        "incident_number": snap.incident_number,
+        "status": snap.status,
+        "status_class": policy.status_class(snap.status).value,
+        "priority": snap.priority,
+        "critical": policy.critical(snap),
+        "owner": snap.owner,
+        "owner_team": snap.owner_team,
+        "last_mod": snap.last_mod,
+        "last_mod_by": snap.last_mod_by,
+        "snapshot": stored,
+        "updated_at": now,
+        "deleted": False,
+    }
+
+
 @dataclass(slots=True)
 class IncidentState:
     """The columns of one stored incident that the diff reads, without an ORM object.
@@ -470,7 +517,7 @@ class IncidentState:
     deleted: bool
     alerting: bool
     own_write_at: datetime | None
-    snapshot: dict[str, Any]
+    snapshot: Snapshot
 
 
 @dataclass(frozen=True)
@@ -583,38 +630,32 @@ class Unit:
                 _STATES, {"ids": ids[i : i + 500]}
             ):
                 out[rec_id] = IncidentState(
-                    rec_id, last_mod, bool(deleted), bool(alerting), own_write_at, snapshot
+                    rec_id,
+                    last_mod,
+                    bool(deleted),
+                    bool(alerting),
+                    own_write_at,
+                    snapshot_from_text(snapshot),
                 )
         return out
 
     @staticmethod
     def snapshot_values(snap: Snapshot, policy: Policy, now: datetime) -> dict[str, Any]:
-        """The incident columns a snapshot sets (``save_snapshot`` and the bulk writes)."""
-        return {
-            "incident_number": snap.incident_number,
-            "status": snap.status,
-            "status_class": policy.status_class(snap.status).value,
-            "priority": snap.priority,
-            "critical": policy.critical(snap),
-            "owner": snap.owner,
-            "owner_team": snap.owner_team,
-            "last_mod": snap.last_mod,
-            "last_mod_by": snap.last_mod_by,
-            "snapshot": snapshot_to_json(snap),
-            "updated_at": now,
-            "deleted": False,
-        }
+        """The incident columns a snapshot sets, for the bulk writes (the snapshot as
+        its stored text, ``snapshot_text``)."""
+        return _incident_columns(snap, policy, now, snapshot_text(snap))
 
     def insert_incidents(self, rows: Sequence[dict[str, Any]]) -> None:
         """New incident rows (keyed like ``snapshot_values`` plus ``rec_id``,
         ``first_seen_at``, ``baseline``, ``alerting``) in one executemany."""
-        _bulk(self.s, _INCIDENTS, rows)
+        _bulk(self.s, _INCIDENTS, rows, json_text=("snapshot",))
 
     def update_incidents(self, rows: Sequence[dict[str, Any]]) -> None:
-        """Set the given columns of each incident, found by its ``rec_id``: one
-        executemany per set of columns (not the ORM bulk UPDATE, which costs as much
-        per row as the rest of the diff)."""
-        _bulk(self.s, _INCIDENTS, sorted(rows, key=lambda row: sorted(row)), key="rec_id")
+        """Set the given columns of each incident (``snapshot`` as its stored text),
+        found by its ``rec_id``: one executemany per set of columns (not the ORM bulk
+        UPDATE, which costs as much per row as the rest of the diff)."""
+        rows = sorted(rows, key=lambda row: sorted(row))
+        _bulk(self.s, _INCIDENTS, rows, key="rec_id", json_text=("snapshot",))
 
     def save_snapshot(
         self,
@@ -627,7 +668,7 @@ class Unit:
         existing: Incident | None = None,
     ) -> Incident:
         row = existing if existing is not None else self.s.get(Incident, snap.rec_id)
-        values = self.snapshot_values(snap, policy, now)
+        values = _incident_columns(snap, policy, now, snapshot_to_json(snap))
         if row is None:
             row = Incident(
                 rec_id=snap.rec_id,

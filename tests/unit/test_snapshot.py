@@ -8,11 +8,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import daemon.snapshot as snapshot_module
 from daemon.domain import Snapshot
 from daemon.snapshot import (
     MalformedRecord,
     parse_incident,
     snapshot_from_json,
+    snapshot_from_text,
+    snapshot_text,
     snapshot_to_json,
     workflow_payload,
 )
@@ -205,6 +208,36 @@ def test_json_round_trip_is_lossless(snap: Snapshot) -> None:
     back = snapshot_from_json(stored)
     assert back == snap
     assert list(back.payload_fields) == list(snap.payload_fields)
+
+
+@given(snapshots)
+def test_a_remembered_text_gives_what_decoding_it_gives(snap: Snapshot) -> None:
+    text = snapshot_text(snap)
+    assert text == json.dumps(snapshot_to_json(snap))  # as SQLAlchemy's JSON type writes it
+    remembered = snapshot_from_text(text)
+    snapshot_module._TEXTS.clear()
+    decoded = snapshot_from_text(text)
+    assert remembered is snap  # a lookup...
+    assert decoded == snap  # ...of what decoding gives
+    assert list(decoded.payload_fields) == list(snap.payload_fields)
+
+
+def test_remembered_texts_are_bounded_and_the_ones_used_lately_stay() -> None:
+    base = parse_incident(raw())
+    size = snapshot_module._TEXTS.size
+    texts = [snapshot_text(base.with_changes(incident_number=n)) for n in range(3 * size)]
+    assert len(snapshot_module._TEXTS) <= 2 * size
+    kept = texts[-2 * size :]
+    assert all(snapshot_module._TEXTS.get(t) is not None for t in kept[size:])
+    assert snapshot_module._TEXTS.get(texts[0]) is None  # forgotten, so decoded
+    assert snapshot_from_text(texts[0]) == base.with_changes(incident_number=0)
+
+
+def test_damaged_texts_raise() -> None:
+    good = snapshot_to_json(parse_incident(raw()))
+    for damaged in ("{", json.dumps({**good, "status": None}), "[]"):
+        with pytest.raises(ValueError):
+            snapshot_from_text(damaged)
 
 
 def test_snapshot_from_json_rejects_damaged_records() -> None:

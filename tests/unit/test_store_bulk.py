@@ -10,8 +10,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy.dialects import sqlite
 
+import daemon.snapshot as snapshot_module
 from daemon.domain import Policy, Snapshot
 from daemon.models import Change, UTCDateTime
+from daemon.snapshot import snapshot_to_json
 from daemon.store import Store, Unit
 
 NOW = datetime(2026, 11, 27, 10, 0, 0, 250_000, tzinfo=UTC)
@@ -109,6 +111,38 @@ def test_an_update_sets_the_columns_given_and_no_other(state_db_url: str) -> Non
     assert (zero.alerting, zero.baseline, zero.first_seen_at) == (False, True, NOW)
     assert (one.alerting, one.status, one.updated_at) == (False, "Active", NOW)
     assert (two.status, two.updated_at, two.alerting) == ("Active", NOW, False)
+    store.close()
+
+
+def test_snapshots_read_back_as_written_by_either_path(state_db_url: str) -> None:
+    """A snapshot the bulk writes store as text is the JSON the ORM reads, and one the
+    ORM stores is read by ``incident_states``, whether remembered or decoded."""
+    store = Store(state_db_url)
+    policy = Policy()
+    bulk, orm = _snap(1), _snap(2, "Waiting")
+    with store.unit() as u:
+        u.insert_incidents(
+            [
+                {
+                    **Unit.snapshot_values(bulk, policy, NOW),
+                    "rec_id": bulk.rec_id,
+                    "first_seen_at": NOW,
+                    "baseline": False,
+                    "alerting": False,
+                }
+            ]
+        )
+        u.save_snapshot(orm, policy, NOW)
+    for forget in (False, True):
+        if forget:
+            snapshot_module._TEXTS.clear()
+        with store.unit() as u:
+            states = u.incident_states([bulk.rec_id, orm.rec_id, "NOT" + "0" * 29])
+            rows = {i.rec_id: i for i in u.list_incidents()}
+        assert set(states) == {bulk.rec_id, orm.rec_id}
+        assert states[bulk.rec_id].snapshot == bulk and states[orm.rec_id].snapshot == orm
+        assert rows[bulk.rec_id].snapshot == snapshot_to_json(bulk)
+        assert Unit.snapshot_of(rows[bulk.rec_id]) == bulk
     store.close()
 
 
