@@ -472,7 +472,7 @@ def _print_report(report: CycleReport, dry_run: bool, numbers: dict[str, int]) -
 
 
 def _run(settings: Settings, *, dry_run: bool) -> int:
-    from daemon.service import Service
+    from daemon.service import Service, settle_heap
 
     stop = threading.Event()
 
@@ -490,6 +490,7 @@ def _run(settings: Settings, *, dry_run: bool) -> int:
         return 1
     # systemctl reload: the rules file is read again (daemon/service.py reload_rules)
     signal.signal(signal.SIGHUP, lambda signum, frame: service.reload_requested.set())
+    settle_heap()
     try:
         service.run(stop)
     finally:

@@ -43,9 +43,7 @@ class UTCDateTime(TypeDecorator[datetime]):
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | str | None:
         if value is None:
             return None
-        if value.tzinfo is None:
-            raise ValueError("naive datetime given to a UTC column")
-        utc = value.astimezone(UTC)
+        utc = value if value.tzinfo is UTC else _as_utc(value)  # (the daemon's are UTC)
         if dialect.name == "sqlite":
             # the very text SQLAlchemy's SQLite DATETIME stores, in one step (it builds
             # a dict a value; a busy poll binds thousands of these)
@@ -64,6 +62,12 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         return value.replace(tzinfo=UTC)
+
+
+def _as_utc(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        raise ValueError("naive datetime given to a UTC column")
+    return value.astimezone(UTC)
 
 
 _SQLITE_TEXT = "%04d-%02d-%02d %02d:%02d:%02d.%06d"

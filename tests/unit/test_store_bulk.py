@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from sqlalchemy.dialects import sqlite
+from sqlalchemy.dialects import postgresql, sqlite
 
 import daemon.snapshot as snapshot_module
 from daemon.domain import Policy, Snapshot
@@ -187,3 +188,10 @@ def test_sqlite_times_are_stored_as_sqlalchemy_s_datetime_stores_them(value: dat
     theirs = sqlite.DATETIME().bind_processor(dialect)
     assert ours is not None and theirs is not None
     assert ours(value) == theirs(value.astimezone(UTC).replace(tzinfo=None))
+
+
+def test_a_naive_time_is_refused_on_either_dialect() -> None:
+    """A datetime without a zone is a bug upstream (whose local time?): it is never stored."""
+    for dialect in (sqlite.dialect(), postgresql.dialect()):
+        with pytest.raises(ValueError, match="naive datetime"):
+            UTCDateTime().process_bind_param(datetime(2026, 1, 1), dialect)
