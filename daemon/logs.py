@@ -69,7 +69,16 @@ def _escape_char(ch: str) -> str:
 
 
 def _needs_quotes(text: str) -> bool:
-    return not text or any(c in ' "=\\' or not c.isprintable() for c in text)
+    """Empty, or holding a space, ``"``, ``=``, ``\\`` or a character that does not print.
+    (Whole-string tests in C: a busy poll logs a line for each of hundreds of transitions.)"""
+    return (
+        not text
+        or not text.isprintable()
+        or " " in text
+        or '"' in text
+        or "=" in text
+        or "\\" in text
+    )
 
 
 def quote_value(value: object, *, always: bool = False) -> str:
@@ -77,6 +86,8 @@ def quote_value(value: object, *, always: bool = False) -> str:
     text = _as_text(value)
     if not always and not _needs_quotes(text):
         return text
+    if text.isprintable() and '"' not in text and "\\" not in text:
+        return '"' + text + '"'  # nothing to escape
     return '"' + "".join(_escape_char(c) for c in text) + '"'
 
 

@@ -11,10 +11,13 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from daemon.logs import (
     KeyValueFormatter,
     OneLineHandler,
+    _escape_char,
     level_number,
     log_event,
     quote_value,
@@ -86,6 +89,23 @@ def test_event_renders_as_one_key_value_line(no_redact_module: None) -> None:
 )
 def test_quote_value(value: object, rendered: str) -> None:
     assert quote_value(value) == rendered
+
+
+def _quoted_char_by_char(text: str, always: bool) -> str:
+    """The rule as first written: quote when any character is a space, ``"``, ``=``,
+    ``\\`` or does not print (or the text is empty); then escape each character."""
+    if not always and text and not any(c in ' "=\\' or not c.isprintable() for c in text):
+        return text
+    return '"' + "".join(_escape_char(c) for c in text) + '"'
+
+
+_AWKWARD = st.sampled_from(list(' "=\\\n\r\t\x1b\u2028'))
+
+
+@given(st.text(st.one_of(_AWKWARD, st.characters())), st.booleans())
+def test_quoting_is_the_char_by_char_rule(text: str, always: bool) -> None:
+    """The whole-string fast paths render exactly what the per-character rule does."""
+    assert quote_value(text, always=always) == _quoted_char_by_char(text, always)
 
 
 def test_field_with_newline_from_api_error_stays_on_one_line(no_redact_module: None) -> None:
