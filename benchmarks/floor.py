@@ -17,8 +17,8 @@ outbox, the cycle row and the poll's state rows, the ORM, validating fields. Row
 again by the settle read are decoded and looked up like any other and written only when
 they changed (so, as for the daemon, not at all).
 
-It runs in a process of its own (``measure``), so neither its CPU nor its memory counts
-in the daemon worker's figures.
+It runs in a process of its own (``Floor``, kept by the benchmark), so neither its CPU
+nor its memory counts in the daemon worker's figures.
 """
 
 from __future__ import annotations
@@ -127,33 +127,36 @@ def replay(conn: sqlite3.Connection, pages: Sequence[bytes]) -> tuple[int, int]:
     return rows_read, written
 
 
-def measure(
-    path: str, daemon_db: str, warm: Sequence[Sequence[bytes]], timed: Sequence[Sequence[bytes]]
-) -> dict[str, Any]:
-    """Seed from the daemon's DB, replay the warm-up polls' pages untimed, then time the
-    measured polls' pages: the floor's rate is rows written per second of that."""
-    seeded = seed(Path(path), Path(daemon_db))
-    conn = connect(Path(path))
-    try:
-        for pages in warm:
-            replay(conn, pages)
-        rows = written = 0
+class Floor:
+    """A floor DB seeded from the daemon's as it is now, replaying pages on request.
+
+    The benchmark keeps one in a process of its own and has it replay each measured
+    poll's pages right after that poll, so the two are timed on the machine as it is at
+    that moment (on a shared VM its speed moves by a third from one minute to the next).
+    """
+
+    def __init__(self, path: str, daemon_db: str) -> None:
+        self.path = Path(path)
+        self.seeded = seed(self.path, Path(daemon_db))
+        self.conn = connect(self.path)
+
+    def seeded_incidents(self) -> int:
+        return self.seeded
+
+    def replay(self, pages: Sequence[bytes]) -> dict[str, Any]:
+        """Decode and commit ``pages`` (one transaction each), timed."""
         w0, c0 = time.perf_counter(), time.process_time()
-        for pages in timed:
-            r, w = replay(conn, pages)
-            rows, written = rows + r, written + w
+        rows, written = replay(self.conn, pages)
         wall, cpu = time.perf_counter() - w0, time.process_time() - c0
-    finally:
-        conn.close()
-    Path(path).unlink(missing_ok=True)
-    for suffix in ("-wal", "-shm"):
-        Path(path + suffix).unlink(missing_ok=True)
-    return {
-        "seeded_incidents": seeded,
-        "pages": sum(len(p) for p in timed),
-        "rows_decoded": rows,
-        "rows_written": written,
-        "wall_s": wall,
-        "cpu_s": cpu,
-        "per_s": written / wall if written and wall > 0 else None,
-    }
+        return {
+            "pages": len(pages),
+            "rows_decoded": rows,
+            "rows_written": written,
+            "wall_s": wall,
+            "cpu_s": cpu,
+        }
+
+    def close(self) -> None:
+        self.conn.close()
+        for suffix in ("", "-wal", "-shm"):
+            Path(str(self.path) + suffix).unlink(missing_ok=True)
