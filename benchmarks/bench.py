@@ -113,7 +113,7 @@ class Options:
     events: tuple[int, ...] = (10, 500)
     cycles: int = 4
     # polls of each change mix, each beside its own floor replay: the ratio is their
-    # median, as one poll's ratio moves between 45% and 88% on a shared 2-core VM
+    # median, as one poll's ratio moves between 34% and 107% on a shared 2-core VM
     mix_cycles: int = 20
     naive_cycles: int = 2
     poll_interval: float = 2.0
