@@ -862,8 +862,6 @@ class DaemonRun:
         out = summarize([sample for sample, _ in timed])
         out["mix"] = mix
         out["floor"] = _floor_summary(seeded, [replayed for _, replayed in timed])
-        by_cycle = [_ratio(_dc_rate(s), _rate(f["rows_written"], f["wall_s"])) for s, f in timed]
-        out["daemon_over_floor_by_cycle"] = by_cycle
         out["by_poll"] = [
             {
                 "changes": s.changes,
@@ -872,10 +870,12 @@ class DaemonRun:
                 "floor_rows": f["rows_written"],
                 "floor_wall_ms": f["wall_s"] * 1000,
                 "floor_cpu_ms": f["cpu_s"] * 1000,
+                "daemon_over_floor": _ratio(_dc_rate(s), _rate(f["rows_written"], f["wall_s"])),
             }
             for s, f in timed
         ]
-        known = [r for r in by_cycle if r is not None]
+        ratios = [p["daemon_over_floor"] for p in out["by_poll"]]
+        known = [r for r in ratios if r is not None]
         out["daemon_over_floor"] = statistics.median(known) if known else None
         return out
 
@@ -1550,7 +1550,8 @@ def render_floor(report: dict[str, Any]) -> str:
             fl = m["floor"]
             ratio = m["daemon_over_floor"]
             polls = " ".join(
-                "-" if r is None else f"{r:.0%}" for r in m.get("daemon_over_floor_by_cycle", ())
+                "-" if p["daemon_over_floor"] is None else f"{p['daemon_over_floor']:.0%}"
+                for p in m.get("by_poll", ())
             )
             lines.append(
                 f"{int(size):>9,} {mix:<11} {m['changes']:>8,.0f} {m['ivanti_requests']:>5.1f} "
